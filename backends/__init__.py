@@ -17,8 +17,10 @@ from .base import (
     Envelope,
     Route,
 )
+from .cluster import ClusterBackplane
 from .envelope import EnvelopeError, decode_envelope, encode_envelope
 from .memory import MemoryBackplane
+from .transport import Transport
 
 __all__ = [
     "BACKEND_NAMES",
@@ -28,10 +30,12 @@ __all__ = [
     "BackplaneUnavailable",
     "ChannelInfo",
     "ChannelRecord",
+    "ClusterBackplane",
     "Envelope",
     "EnvelopeError",
     "MemoryBackplane",
     "Route",
+    "Transport",
     "create_backplane",
     "decode_envelope",
     "encode_envelope",
@@ -47,16 +51,19 @@ def create_backplane(
     lease_ttl: float = 15.0,
     nats_url: str = "nats://127.0.0.1:4222",
     redis_url: str = "redis://127.0.0.1:6379/0",
+    cluster_name: str = "rtforge",
 ) -> Backplane:
     """The backplane called ``name`` (one of :data:`BACKEND_NAMES`)."""
     if name == "memory":
         return MemoryBackplane(node_id=node_id, lease_ttl=lease_ttl)
     if name == "nats":
-        from .nats import NatsBackplane  # noqa: PLC0415 - optional import
+        from .nats import NatsTransport  # noqa: PLC0415 - optional import
 
-        return NatsBackplane(url=nats_url, node_id=node_id, lease_ttl=lease_ttl)
+        transport: Transport = NatsTransport(nats_url, cluster_name, node_id)
+        return ClusterBackplane(transport, node_id=node_id, lease_ttl=lease_ttl)
     if name == "redis":
-        from .redis import RedisBackplane  # noqa: PLC0415 - optional import
+        from .redis import RedisTransport  # noqa: PLC0415 - optional import
 
-        return RedisBackplane(url=redis_url, node_id=node_id, lease_ttl=lease_ttl)
+        transport = RedisTransport(redis_url, cluster_name, node_id)
+        return ClusterBackplane(transport, node_id=node_id, lease_ttl=lease_ttl)
     raise ValueError(f"unknown backend {name!r} (choose from {', '.join(BACKEND_NAMES)})")

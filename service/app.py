@@ -38,6 +38,7 @@ def create_node(
             lease_ttl=settings.lease_ttl,
             nats_url=settings.nats_url,
             redis_url=settings.redis_url,
+            cluster_name=settings.cluster_name,
         )
     manager = WebSocketManager(settings, backplane, Metrics(), message_handler)
     return Node(settings, manager, ClientProtocol(manager))

@@ -369,7 +369,7 @@ class WebSocketManager:
 
     def readiness_changed(self, ready: bool) -> None:
         self.metrics.backplane_up.set(1 if ready else 0)
-        log.warning("backplane %s", "reachable again" if ready else "unreachable")
+        log.warning("backplane %s", "connected" if ready else "unreachable")
 
     # -- heartbeat ---------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

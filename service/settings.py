@@ -112,6 +112,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis_url", _url("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0",
            "Redis URL (backend redis)", secret=True),
     Option("node_id", _node_id, None, "this node's name in the cluster (default: generated)"),
+    Option("cluster_name", _node_id, "rtforge",
+           "name space on the broker; nodes with the same name form one cluster"),
     Option("heartbeat_interval", _positive_float, 30.0, "seconds between server ping frames"),
     Option("heartbeat_timeout", _positive_float, 60.0,
            "seconds of client silence after which it is closed"),
@@ -134,6 +136,7 @@ class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
     node_id: str = ""
+    cluster_name: str = "rtforge"
     heartbeat_interval: float = 30.0
     heartbeat_timeout: float = 60.0
     max_message_size: int = 65536
