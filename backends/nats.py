@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -48,6 +49,7 @@ class NatsTransport(Transport):
 
     async def connect(self) -> None:
         self._closing = False
+        await self._probe()
         nc = Client()
         try:
             await asyncio.wait_for(
@@ -55,7 +57,7 @@ class NatsTransport(Transport):
                     servers=[self.url],
                     name=f"rtforge-{self.node_id}",
                     no_echo=True,
-                    allow_reconnect=True,
+                    allow_reconnect=False,  # fail fast at start; see below
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
@@ -72,8 +74,24 @@ class NatsTransport(Transport):
             with contextlib.suppress(Exception):
                 await nc.close()
             raise BackplaneUnavailable(f"cannot reach NATS at {safe_url(self.url)}: {exc!r}") from None
+        # Once connected, never give up: reconnect until close().
+        nc.options["allow_reconnect"] = True
         self._nc = nc
         self.max_payload = nc.max_payload or self.max_payload
+
+    async def _probe(self) -> None:
+        """Fail fast when nothing listens: nats-py's connect retries on its own."""
+        parts = urlsplit(self.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise BackplaneUnavailable(
+                f"cannot reach NATS at {safe_url(self.url)}: {exc!r}"
+            ) from None
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
     async def close(self) -> None:
         self._closing = True
@@ -121,7 +139,7 @@ class NatsTransport(Transport):
         self.on_message(msg.subject, msg.data)
 
     async def _disconnected(self) -> None:
-        if not self._closing:
+        if not self._closing and self._nc is not None:
             log.warning("lost NATS connection to %s", safe_url(self.url))
             self.on_down()
 
@@ -130,9 +148,11 @@ class NatsTransport(Transport):
         self.on_up()
 
     async def _error(self, exc: Exception) -> None:
-        if not self._closing:
-            log.warning("NATS error: %r", exc)
+        if self._closing or self._nc is None:
+            return
+        # While disconnected every failed reconnect attempt lands here.
+        log.log(logging.WARNING if self.connected else logging.DEBUG, "NATS error: %r", exc)
 
     async def _closed(self) -> None:
-        if not self._closing:
+        if not self._closing and self._nc is not None:
             log.warning("NATS connection closed")
