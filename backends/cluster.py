@@ -40,6 +40,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -661,7 +662,9 @@ class ClusterBackplane(Backplane):
             assert channel is not None
             subject = self.transport.channel_subject(channel)
             local = channel in self.own.members
-            groups = [m for s in self._states() if (m := s.members.get(channel))]
+            groups: list[AbstractSet[str]] = [
+                m for s in self._states() if (m := s.members.get(channel))
+            ]
         else:
             subject = self._all
             local = bool(self.own.connections)

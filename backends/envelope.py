@@ -73,8 +73,11 @@ def decode_envelope(raw: bytes) -> Envelope:
     version = data.get("v")
     if not isinstance(version, int) or not 1 <= version <= ENVELOPE_VERSION:
         raise EnvelopeError(f"unsupported envelope version {version!r}")
+    raw_route = data.get("r")
     try:
-        route = Route(data.get("r"))
+        if not isinstance(raw_route, int):
+            raise ValueError
+        route = Route(raw_route)
     except ValueError:
         raise EnvelopeError(f"unknown route {data.get('r')!r}") from None
     frame = data.get("f")

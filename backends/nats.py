@@ -59,7 +59,7 @@ class NatsTransport(Transport):
                     no_echo=True,
                     allow_reconnect=False,  # fail fast at start; see below
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # accepts float
                     connect_timeout=2,
                     ping_interval=5,
                     max_outstanding_pings=2,
@@ -73,7 +73,9 @@ class NatsTransport(Transport):
         except Exception as exc:  # nats-py raises many types here
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise BackplaneUnavailable(f"cannot reach NATS at {safe_url(self.url)}: {exc!r}") from None
+            raise BackplaneUnavailable(
+                f"cannot reach NATS at {safe_url(self.url)}: {exc!r}"
+            ) from None
         # Once connected, never give up: reconnect until close().
         nc.options["allow_reconnect"] = True
         self._nc = nc
@@ -85,7 +87,7 @@ class NatsTransport(Transport):
         host, port = parts.hostname or "127.0.0.1", parts.port or 4222
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise BackplaneUnavailable(
                 f"cannot reach NATS at {safe_url(self.url)}: {exc!r}"
             ) from None
@@ -124,7 +126,8 @@ class NatsTransport(Transport):
         nc = self._client()
         try:
             self._subs[subject] = await nc.subscribe(subject, cb=self._receive)
-            await nc.flush(_FLUSH_TIMEOUT)  # the server now knows the interest
+            # After the flush the server has registered the interest.
+            await nc.flush(_FLUSH_TIMEOUT)  # type: ignore[arg-type]
         except Exception as exc:
             raise BackplaneUnavailable(f"NATS subscribe failed: {exc!r}") from None
 

@@ -64,7 +64,9 @@ class RedisTransport(Transport):
             await asyncio.wait_for(pubsub.ping(), _TIMEOUT * 2)
         except _NETWORK_ERRORS as exc:
             await _close_quietly(pub, sub)
-            raise BackplaneUnavailable(f"cannot reach Redis at {safe_url(self.url)}: {exc!r}") from None
+            raise BackplaneUnavailable(
+                f"cannot reach Redis at {safe_url(self.url)}: {exc!r}"
+            ) from None
         self._pub, self._sub, self._pubsub = pub, sub, pubsub
         self._up = True
         self._reader = asyncio.get_running_loop().create_task(
@@ -80,7 +82,7 @@ class RedisTransport(Transport):
                 await self._reader
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await _close_quietly(self._pub, self._sub)
         self._pub = self._sub = self._pubsub = None
 
@@ -178,7 +180,7 @@ class RedisTransport(Transport):
         old, self._pubsub = self._pubsub, None
         if old is not None:
             with contextlib.suppress(Exception):
-                await old.aclose()
+                await old.aclose()  # type: ignore[no-untyped-call]
         pubsub = self._sub.pubsub()
         if self._subjects:
             await asyncio.wait_for(pubsub.subscribe(*self._subjects), _TIMEOUT)

@@ -70,4 +70,5 @@ __all__ = [
     "default_message_handler",
     "get_websocket_manager",
     "validate_channel_name",
+    "websocket_routes",
 ]

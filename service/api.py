@@ -77,7 +77,7 @@ class RecipientsOut(msgspec.Struct):
 
 class ApiController(Controller):
     path = "/api"
-    tags = ["api"]  # noqa: RUF012
+    tags = ["api"]
 
     @post("/broadcast", status_code=HTTP_200_OK)
     async def broadcast(self, state: State, data: BroadcastIn) -> RecipientsOut:

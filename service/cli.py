@@ -8,6 +8,7 @@ clear line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -108,10 +109,8 @@ def _serve(settings: Settings) -> None:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    except KeyboardInterrupt:
-        pass
     if not server.started:
         raise SystemExit(EXIT_FAILURE)
 
@@ -179,7 +178,8 @@ def _stats(settings: Settings, url: str | None, *, as_json: bool, timeout: float
     local = stats.get("local", {})
     print(f"rtforge node {stats.get('node_id')} ({stats.get('backend')}) at {base}")
     print(f"  cluster nodes        {len(stats.get('nodes', []))}")
-    print(f"  connections          {stats.get('connections')} (this node: {local.get('connections')})")
+    here = local.get("connections")
+    print(f"  connections          {stats.get('connections')} (this node: {here})")
     print(f"  channels             {stats.get('channels')}")
     print(f"  subscriptions        {stats.get('subscriptions')}")
     print(f"  queued frames        {local.get('queued_frames')}")

@@ -26,7 +26,8 @@ __all__ = ["Connection", "ConnectionId", "ConnectionMetadata"]
 
 log = logging.getLogger("rtforge.connection")
 
-SendFn = Callable[[dict[str, Any]], Awaitable[None]]
+#: the ASGI ``send`` of the socket (typed loosely: servers differ in event types)
+SendFn = Callable[[Any], Awaitable[None]]
 
 #: how long a close frame may take to leave before the socket is given up
 _CLOSE_TIMEOUT = 5.0

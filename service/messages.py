@@ -149,8 +149,10 @@ class WebSocketMessage:
             raise MessageInvalid("a frame must be a JSON object")
         raw_type = data.get("type")
         try:
-            kind = MessageType(raw_type)
+            kind = MessageType(str(raw_type)) if isinstance(raw_type, str) else None
         except ValueError:
+            kind = None
+        if kind is None:
             raise MessageInvalid(f"unknown message type {raw_type!r}") from None
         payload = data.get("payload")
         _check_payload(kind, payload)
@@ -166,7 +168,7 @@ class WebSocketMessage:
         if channel is not None and not isinstance(channel, str):
             raise MessageInvalid("channel must be a string")
         if kind is MessageType.BINARY:
-            payload = _decode_base64(payload)
+            payload = _decode_base64(str(payload))
         return cls(kind, None if kind in _NO_PAYLOAD else payload, timestamp, metadata, channel)
 
 

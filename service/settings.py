@@ -8,6 +8,7 @@ rtforge reads the environment.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -28,7 +29,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 def _positive_float(raw: str) -> float:
     value = float(raw)
-    if not value > 0 or value != value or value == float("inf"):
+    if not (math.isfinite(value) and value > 0):
         raise ValueError("must be a positive number")
     return value
 

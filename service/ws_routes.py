@@ -83,14 +83,8 @@ async def serve_socket(socket: WebSocket, channel: str | None) -> None:  # type:
 
 async def _refuse(socket: WebSocket, exc: RtforgeError) -> None:  # type: ignore[type-arg]
     frame = WebSocketMessage.system(str(exc)).with_metadata({"ok": False, "error": exc.code})
-    await socket.send({"type": "websocket.send", "text": frame.to_json_string()})
-    await socket.send(
-        {
-            "type": "websocket.close",
-            "code": int(CloseCode.POLICY_VIOLATION),
-            "reason": close_reason(CloseCode.POLICY_VIOLATION),
-        }
-    )
+    await socket.send_text(frame.to_json_string())
+    await socket.close(int(CloseCode.POLICY_VIOLATION), close_reason(CloseCode.POLICY_VIOLATION))
 
 
 async def _receive_loop(socket: WebSocket, conn: Connection, node: Node) -> str:  # type: ignore[type-arg]
