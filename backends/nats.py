@@ -86,7 +86,8 @@ class NatsTransport(Transport):
         parts = urlsplit(self.url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 4222
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _CONNECT_TIMEOUT)
+            opening = asyncio.open_connection(host, port)
+            _, writer = await asyncio.wait_for(opening, _CONNECT_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             raise BackplaneUnavailable(
                 f"cannot reach NATS at {safe_url(self.url)}: {exc!r}"
