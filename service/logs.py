@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["configure_logging"]
+__all__ = ["ClientInputFilter", "configure_logging"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,6 +29,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+class ClientInputFilter(logging.Filter):
+    """Keep bad client input to one warning line.
+
+    uvicorn logs a text frame with invalid UTF-8 with a traceback at error
+    level, although it is the client's fault and the connection is already
+    closed with 1007. Strip the traceback and log it as a warning."""
+
+    _MESSAGES = ("Invalid UTF-8 sequence received from client",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith(self._MESSAGES):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+        return True
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -43,3 +61,6 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientInputFilter) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(ClientInputFilter())
