@@ -1,0 +1,84 @@
+"""uvicorn's sans-I/O WebSocket protocol with a direct-write extension.
+
+:class:`RtforgeWebSocketProtocol` is what ``rtforge serve`` passes to uvicorn
+as its WebSocket implementation (``uvicorn.Config(ws=...)``). It behaves
+exactly like uvicorn's ``websockets-sansio`` protocol and adds the ASGI scope
+extension ``"rtforge.direct"``, whose ``"socket"`` is the protocol itself
+(see :class:`service.connection.DirectSocket`). Through it the application
+writes prepared wire frames (:class:`service.frames.OutFrame`) straight to
+the transport: no ``await``, no per-message task switch, no re-framing per
+recipient. Any other ASGI server keeps working through the ordinary
+``websocket.send`` path, since the extension is then simply absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+__all__ = ["DIRECT_EXTENSION", "RtforgeWebSocketProtocol"]
+
+DIRECT_EXTENSION = "rtforge.direct"
+
+
+def _ignore() -> None:
+    return None
+
+
+class RtforgeWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O protocol, plus direct writes of prepared frames."""
+
+    on_resume: Callable[[], None] = staticmethod(_ignore)
+    on_lost: Callable[[], None] = staticmethod(_ignore)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][DIRECT_EXTENSION] = {"socket": self}
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            # The handshake is done: its request and response are garbage now.
+            self.request = None  # type: ignore[assignment]
+            self.response = None  # type: ignore[assignment]
+
+    # -- the DirectSocket interface --------------------------------------------
+    @property
+    def paused(self) -> bool:
+        """True while the transport's write buffer is above its high-water mark."""
+        return not self.writable.is_set()
+
+    @property
+    def open(self) -> bool:
+        return self.handshake_complete and not (self.close_sent or self.disconnected)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def force_close(self, code: int, reason: str) -> None:
+        """Queue a close frame behind what the transport holds, without
+        waiting for the client to read (uvicorn's own close waits)."""
+        if not self.open or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+
+    # -- flow-control and loss notifications -------------------------------------
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.on_resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.on_lost()
