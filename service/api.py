@@ -13,6 +13,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_201_CREATED,
@@ -80,20 +81,24 @@ class ApiController(Controller):
     tags = ["api"]
 
     @post("/broadcast", status_code=HTTP_200_OK)
-    async def broadcast(self, state: State, data: BroadcastIn) -> RecipientsOut:
+    async def broadcast(self, state: State, data: JSONBody[BroadcastIn]) -> RecipientsOut:
         manager = node_of(state).manager
         options = BroadcastOptions(data.only_to, data.exclude, data.channel)
         recipients = await manager.broadcast(data.message.to_message(), options)
         return RecipientsOut(recipients)
 
     @post("/channels/{channel:str}/publish", status_code=HTTP_200_OK)
-    async def publish(self, state: State, channel: str, data: MessageIn) -> RecipientsOut:
+    async def publish(
+        self, state: State, channel: FromPath[str], data: JSONBody[MessageIn]
+    ) -> RecipientsOut:
         validate_channel_name(channel)
         manager = node_of(state).manager
         return RecipientsOut(await manager.send_to_channel(channel, data.to_message()))
 
     @post("/connections/{connection_id:str}/send", status_code=HTTP_200_OK)
-    async def send(self, state: State, connection_id: str, data: MessageIn) -> dict[str, Any]:
+    async def send(
+        self, state: State, connection_id: FromPath[str], data: JSONBody[MessageIn]
+    ) -> dict[str, Any]:
         await node_of(state).manager.send_to_connection(connection_id, data.to_message())
         return {"sent": True}
 
@@ -103,7 +108,7 @@ class ApiController(Controller):
         return {"channels": [c.to_dict() for c in channels]}
 
     @get("/channels/{channel:str}")
-    async def get_channel(self, state: State, channel: str) -> dict[str, Any]:
+    async def get_channel(self, state: State, channel: FromPath[str]) -> dict[str, Any]:
         validate_channel_name(channel)
         found = await node_of(state).manager.channel_manager().get_channel_metadata(channel)
         if found is None:
@@ -112,7 +117,7 @@ class ApiController(Controller):
 
     @put("/channels/{channel:str}")
     async def put_channel(
-        self, state: State, channel: str, data: ChannelIn | None = None
+        self, state: State, channel: FromPath[str], data: JSONBody[ChannelIn | None] = None
     ) -> Response[dict[str, Any]]:
         validate_channel_name(channel)
         body = data or ChannelIn()
@@ -124,7 +129,7 @@ class ApiController(Controller):
         return Response(shown, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
     @delete("/channels/{channel:str}", status_code=HTTP_200_OK)
-    async def delete_channel(self, state: State, channel: str) -> dict[str, Any]:
+    async def delete_channel(self, state: State, channel: FromPath[str]) -> dict[str, Any]:
         validate_channel_name(channel)
         if not await node_of(state).manager.channel_manager().delete_channel(channel):
             raise ChannelNotFound(f"no channel {channel}")
@@ -135,7 +140,7 @@ class ApiController(Controller):
         return {"connections": await node_of(state).manager.get_connection_ids()}
 
     @get("/connections/{connection_id:str}")
-    async def get_connection(self, state: State, connection_id: str) -> dict[str, Any]:
+    async def get_connection(self, state: State, connection_id: FromPath[str]) -> dict[str, Any]:
         info = await node_of(state).manager.connection_info(connection_id)
         if info is None:
             raise ConnectionNotFound(f"no connection {connection_id}")

@@ -93,6 +93,7 @@ def _serve(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415 - keep info/stats fast
 
     from .app import create_app  # noqa: PLC0415
+    from .fastws import RtforgeWebSocketProtocol  # noqa: PLC0415
     from .logs import configure_logging  # noqa: PLC0415
 
     configure_logging(settings.log_level, settings.log_format)
@@ -101,8 +102,10 @@ def _serve(settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        ws=RtforgeWebSocketProtocol,  # uvicorn's sans-I/O protocol + direct writes
         ws_max_size=settings.max_message_size,
         ws_ping_interval=None,  # rtforge runs its own heartbeat
+        ws_per_message_deflate=False,  # compressing per recipient would undo encode-once
         lifespan="on",
         log_config=None,
         access_log=False,

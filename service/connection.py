@@ -1,11 +1,19 @@
-"""One client socket: its identity, metadata, bounded send queue and writer.
+"""One client socket: its identity, metadata and bounded outbound path.
 
-Fan-out calls :meth:`Connection.push` with an already-encoded frame: an
-append to a deque and, when the writer sleeps, waking it. Nothing in
-``push`` awaits. A single writer task per connection drains the queue to
-the socket. When the queue is full the client is a slow consumer: its
-pending frames are dropped and it is closed with 1013, so that nobody else
-ever waits for it.
+Fan-out calls :meth:`Connection.push` with an :class:`~service.frames.OutFrame`
+encoded once for all recipients. ``push`` never awaits. Two ways out:
+
+* **direct** (sockets served by :mod:`service.fastws`): the prepared wire
+  frame is written straight to the transport. While the transport's buffer
+  is above its high-water mark (the protocol paused us), frames wait in a
+  backlog, flushed in one write when the transport drains. No task per
+  connection, no ``await`` per frame.
+* **ASGI** (any other server): frames wait in a queue that one writer task
+  drains through ``websocket.send``.
+
+Either way the backlog is bounded (``send_queue_size`` frames). A client
+whose backlog overflows is a slow consumer: its pending frames are dropped
+and it is closed with 1013, so that nobody else ever waits for it.
 """
 
 from __future__ import annotations
@@ -18,19 +26,31 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .close_codes import CloseCode, close_reason
+from .frames import OutFrame
 
-__all__ = ["Connection", "ConnectionId", "ConnectionMetadata"]
+__all__ = ["Connection", "ConnectionId", "ConnectionMetadata", "DirectSocket"]
 
 log = logging.getLogger("rtforge.connection")
 
 #: the ASGI ``send`` of the socket (typed loosely: servers differ in event types)
 SendFn = Callable[[Any], Awaitable[None]]
 
-#: how long a close frame may take to leave before the socket is given up
+#: how long a close frame may take to leave on the ASGI path
 _CLOSE_TIMEOUT = 5.0
+
+
+class DirectSocket(Protocol):
+    """What :class:`service.fastws.RtforgeWebSocketProtocol` offers."""
+
+    transport: asyncio.Transport
+    on_pause: Callable[[], None]
+    on_resume: Callable[[], None]
+    on_lost: Callable[[], None]
+
+    def force_close(self, code: int, reason: str) -> None: ...
 
 
 class ConnectionId(str):
@@ -65,16 +85,17 @@ class Connection:
     """A local socket. Created by the manager when a client connects."""
 
     __slots__ = (
+        "_backlog",
         "_close_reason",
         "_closed",
-        "_queue",
-        "_queue_limit",
+        "_direct",
+        "_limit",
         "_send",
         "_waiter",
+        "_write",
         "_writer",
         "channels",
         "close_code",
-        "frames_sent",
         "id",
         "last_seen",
         "metadata",
@@ -88,34 +109,56 @@ class Connection:
         send: SendFn,
         queue_limit: int,
         on_overflow: Callable[[Connection], None],
+        *,
+        direct: DirectSocket | None = None,
     ) -> None:
         self.id = connection_id
         self.metadata = metadata
         self.channels: set[str] = set()
         self.last_seen = time.monotonic()
         self.close_code: CloseCode | None = None
-        self.frames_sent = 0
         self.on_overflow = on_overflow
         self._send = send
-        self._queue: deque[str] = deque()
-        self._queue_limit = queue_limit
-        self._waiter: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._limit = queue_limit
         self._closed = False
         self._close_reason: str | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._direct = direct
+        # direct mode: None while the transport takes writes, a deque while paused;
+        # ASGI mode: the queue of frames waiting for the writer task.
+        self._backlog: deque[Any] | None
+        if direct is not None:
+            self._backlog = None
+            self._write: Callable[[bytes], object] = direct.transport.write
+            direct.on_pause = self._pause
+            direct.on_resume = self._resume
+            direct.on_lost = self.abort
+        else:
+            self._backlog = deque()
+            self._write = _no_write
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name=f"rtforge-writer-{connection_id}"
+            )
 
-    # -- hot path ----------------------------------------------------------
-    def push(self, frame: str) -> bool:
-        """Queue ``frame`` for sending; False when it was not queued (the
-        connection is closing, or its queue just overflowed)."""
+    # -- hot path ------------------------------------------------------------
+    def push(self, frame: OutFrame) -> bool:
+        """Send or queue ``frame``; False when it was not accepted (the
+        connection is closing, or its backlog just overflowed)."""
         if self._closed:
             return False
-        queue = self._queue
-        if len(queue) >= self._queue_limit:
+        backlog = self._backlog
+        if backlog is None:
+            self._write(frame.wire)
+            return True
+        if len(backlog) >= self._limit:
             self.close(CloseCode.SLOW_CONSUMER)
             self.on_overflow(self)
             return False
-        queue.append(frame)
+        if self._direct is not None:
+            backlog.append(frame.wire)
+            return True
+        backlog.append(frame.text)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -123,47 +166,69 @@ class Connection:
                 waiter.set_result(None)
         return True
 
-    # -- lifecycle ---------------------------------------------------------
+    # -- direct-mode flow control ----------------------------------------------
+    def _pause(self) -> None:
+        if self._backlog is None:
+            self._backlog = deque()
+
+    def _resume(self) -> None:
+        backlog = self._backlog
+        if backlog is None or self._direct is None:
+            return
+        # Reset first: the write below may pause us again with a new backlog.
+        self._backlog = None
+        if backlog and not self._closed:
+            self._write(b"".join(backlog))
+
+    # -- lifecycle -------------------------------------------------------------
     @property
     def closed(self) -> bool:
         return self._closed
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def direct(self) -> bool:
+        return self._direct is not None
 
-    def start_writer(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(
-            self._write_loop(), name=f"rtforge-writer-{self.id}"
-        )
+    @property
+    def queued(self) -> int:
+        return len(self._backlog) if self._backlog is not None else 0
 
     def close(self, code: CloseCode = CloseCode.NORMAL, reason: str | None = None) -> None:
-        """Ask the writer to close the socket with ``code``. Frames already
-        queued are sent first, except for a slow consumer, whose queue is
-        dropped. Idempotent: the first close code wins."""
+        """Close with ``code``. Frames already accepted are sent first,
+        except for a slow consumer, whose backlog is dropped. Idempotent:
+        the first close code wins."""
         if self._closed:
             return
         self._closed = True
         self.close_code = code
+        text = reason if reason is not None else close_reason(code)
+        if self._direct is not None:
+            backlog, self._backlog = self._backlog, None
+            if backlog and code is not CloseCode.SLOW_CONSUMER:
+                self._write(b"".join(backlog))
+            self._direct.force_close(int(code), text)
+            return
+        self._close_reason = text
         if code is CloseCode.SLOW_CONSUMER:
-            self._queue.clear()
+            if self._backlog is not None:
+                self._backlog.clear()
             # The writer may be stuck on a full socket: stop it and close
             # from a fresh task so the close frame goes out behind whatever
             # the transport already buffered.
             if self._writer is not None:
                 self._writer.cancel()
             self._writer = asyncio.get_running_loop().create_task(
-                self._send_close(code, reason), name=f"rtforge-close-{self.id}"
+                self._send_close(code, text), name=f"rtforge-close-{self.id}"
             )
             return
-        self._close_reason = reason if reason is not None else close_reason(code)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             self._waiter = None
             waiter.set_result(None)
 
     async def wait_closed(self, timeout: float | None = None) -> None:
-        """Wait until the writer has finished (queue flushed, close sent)."""
+        """Wait until queued frames and the close frame have been handed to
+        the server (ASGI mode; direct mode hands them over at once)."""
         writer = self._writer
         if writer is None:
             return
@@ -171,21 +236,25 @@ class Connection:
             await asyncio.wait_for(asyncio.shield(writer), timeout)
 
     def abort(self) -> None:
-        """Stop the writer without sending anything (the socket is gone)."""
+        """Stop sending without a close frame (the socket is gone)."""
         self._closed = True
-        self._queue.clear()
+        if self._direct is not None:
+            self._backlog = None
+        elif self._backlog is not None:
+            self._backlog.clear()
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
 
+    # -- ASGI mode ---------------------------------------------------------------
     async def _write_loop(self) -> None:
-        queue = self._queue
+        queue = self._backlog
+        assert queue is not None
         send = self._send
         loop = asyncio.get_running_loop()
         try:
             while True:
                 while queue:
                     await send({"type": "websocket.send", "text": queue.popleft()})
-                    self.frames_sent += 1
                 if self._closed:
                     break
                 waiter = loop.create_future()
@@ -198,8 +267,7 @@ class Connection:
             self._closed = True
             queue.clear()
             return
-        code = self.close_code or CloseCode.NORMAL
-        await self._send_close(code, self._close_reason)
+        await self._send_close(self.close_code or CloseCode.NORMAL, self._close_reason)
 
     async def _send_close(self, code: CloseCode, reason: str | None) -> None:
         text = reason if reason is not None else close_reason(code)
@@ -208,3 +276,7 @@ class Connection:
                 self._send({"type": "websocket.close", "code": int(code), "reason": text}),
                 _CLOSE_TIMEOUT,
             )
+
+
+def _no_write(data: bytes) -> None:  # pragma: no cover - never called in ASGI mode
+    raise RuntimeError("direct write on an ASGI connection")

@@ -31,6 +31,7 @@ def _ignore() -> None:
 class RtforgeWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol, plus direct writes of prepared frames."""
 
+    on_pause: Callable[[], None] = staticmethod(_ignore)
     on_resume: Callable[[], None] = staticmethod(_ignore)
     on_lost: Callable[[], None] = staticmethod(_ignore)
 
@@ -57,9 +58,6 @@ class RtforgeWebSocketProtocol(WebSocketsSansIOProtocol):
     def open(self) -> bool:
         return self.handshake_complete and not (self.close_sent or self.disconnected)
 
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
-
     def force_close(self, code: int, reason: str) -> None:
         """Queue a close frame behind what the transport holds, without
         waiting for the client to read (uvicorn's own close waits)."""
@@ -72,9 +70,15 @@ class RtforgeWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+        # A client that never reads would keep a closing transport (and its
+        # buffer) forever: abort if the close handshake has not ended in time.
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
     # -- flow-control and loss notifications -------------------------------------
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.on_pause()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         self.on_resume()

@@ -21,8 +21,9 @@ from backends import Backplane, BackplaneUnavailable, Envelope, MemoryBackplane,
 
 from .channels import ChannelManager, LocalIndex, validate_channel_name
 from .close_codes import CloseCode
-from .connection import Connection, ConnectionId, ConnectionMetadata, SendFn
+from .connection import Connection, ConnectionId, ConnectionMetadata, DirectSocket, SendFn
 from .errors import ConnectionNotFound, RtforgeError
+from .frames import OutFrame
 from .messages import WebSocketMessage
 from .metrics import Metrics
 from .settings import Settings
@@ -112,7 +113,6 @@ class WebSocketManager:
         self._started = False
         self.draining = False
         self.started_at = time.time()
-        self._ping_frame = WebSocketMessage.ping().to_json_string()
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -157,20 +157,24 @@ class WebSocketManager:
 
     # -- connections -------------------------------------------------------
     async def register(
-        self, send: SendFn, metadata: ConnectionMetadata, welcome: str = "WebSocket connected"
+        self,
+        send: SendFn,
+        metadata: ConnectionMetadata,
+        welcome: str = "WebSocket connected",
+        direct: DirectSocket | None = None,
     ) -> Connection:
-        """Register a freshly accepted socket, start its writer and queue
-        the welcome frame (the first frame every client sees)."""
+        """Register a freshly accepted socket and send the welcome frame
+        (the first frame every client sees). ``direct`` is the socket's
+        direct-write extension, when the server offers one."""
         conn = Connection(
             ConnectionId.new(), metadata, send, self.settings.send_queue_size,
-            self._on_overflow,
+            self._on_overflow, direct=direct,
         )
         self.local.connections[conn.id] = conn
-        conn.start_writer()
         conn.push(
             WebSocketMessage.system(welcome)
             .with_metadata({"connection_id": conn.id, "node_id": self.node_id})
-            .to_json_string()
+            .frame()
         )
         self.metrics.connections_opened.inc()
         await self.backplane.add_connection(conn.id, metadata.to_dict())
@@ -297,7 +301,7 @@ class WebSocketManager:
         :class:`ConnectionNotFound` when no live node holds it."""
         conn = self.local.connections.get(connection_id)
         if conn is not None:
-            if not conn.push(message.to_json_string()):
+            if not conn.push(message.frame()):
                 raise ConnectionNotFound(f"connection {connection_id} is closing")
             self.metrics.deliveries.inc()
             return
@@ -320,7 +324,7 @@ class WebSocketManager:
 
     def ping_all(self) -> int:
         """Queue a ``ping`` frame to every local connection."""
-        frame = self._ping_frame
+        frame = WebSocketMessage.ping().frame()
         count = 0
         for conn in self.local.connections.values():
             if conn.push(frame):
@@ -342,7 +346,7 @@ class WebSocketManager:
         self.metrics.envelopes_received.labels(route.name.lower()).inc()
         if not targets:
             return
-        frame = envelope.frame.decode()
+        frame = OutFrame(envelope.frame)
         only_to, exclude = envelope.only_to, envelope.exclude
         delivered = 0
         if only_to is None and not exclude:
@@ -362,7 +366,7 @@ class WebSocketManager:
             WebSocketMessage.system(f"Channel deleted: {channel}")
             .with_channel(channel)
             .with_metadata({"event": "channel_deleted"})
-            .to_json_string()
+            .frame()
         )
         for conn in members:
             conn.push(frame)

@@ -21,6 +21,7 @@ from typing import Any, Self
 import msgspec
 
 from .errors import MessageInvalid
+from .frames import OutFrame
 
 __all__ = ["MessageType", "WebSocketMessage", "json_decode", "json_encode"]
 
@@ -129,6 +130,10 @@ class WebSocketMessage:
             return json_encode(self.to_dict())
         except (TypeError, msgspec.EncodeError) as exc:
             raise MessageInvalid(f"message is not JSON-serialisable: {exc}") from None
+
+    def frame(self) -> OutFrame:
+        """This message ready to send (see :class:`~service.frames.OutFrame`)."""
+        return OutFrame(self.encode())
 
     def to_json_string(self) -> str:
         return self.encode().decode()

@@ -68,7 +68,7 @@ class ClientProtocol:
             kind = data.get("type")
             if kind == "ping":
                 self.manager.metrics.frames_in.labels("ping").inc()
-                conn.push(self._pong_frame())
+                conn.push(WebSocketMessage.pong().frame())
                 return
             if kind == "pong":
                 self.manager.metrics.frames_in.labels("pong").inc()
@@ -93,9 +93,6 @@ class ClientProtocol:
         self.manager.metrics.frames_in.labels("binary").inc()
         await self._to_handler(conn, WebSocketMessage.binary(data))
 
-    def _pong_frame(self) -> str:
-        return WebSocketMessage.pong().to_json_string()
-
     async def _to_handler(self, conn: Connection, message: WebSocketMessage) -> None:
         context = MessageContext(self.manager, conn.id, conn.metadata)
         try:
@@ -106,7 +103,7 @@ class ClientProtocol:
                 {"ok": False, "error": "handler_error"}
             )
         if reply is not None:
-            conn.push(reply.to_json_string())
+            conn.push(reply.frame())
 
     # -- commands ------------------------------------------------------------
     async def run_command(self, conn: Connection, payload: dict[str, Any]) -> None:
@@ -134,7 +131,7 @@ class ClientProtocol:
         self.manager.metrics.commands.labels(
             label, "ok" if outcome_meta["ok"] else "error"
         ).inc()
-        conn.push(reply.with_metadata(outcome_meta).to_json_string())
+        conn.push(reply.with_metadata(outcome_meta).frame())
 
     @staticmethod
     def _channel_of(payload: dict[str, Any]) -> str:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, cast
 
 from litestar import WebSocket, websocket
 from litestar.handlers import WebsocketRouteHandler
+from litestar.params import FromPath
 
 from .channels import validate_channel_name
 from .close_codes import CloseCode, close_reason
-from .connection import Connection, ConnectionMetadata
+from .connection import Connection, ConnectionMetadata, DirectSocket
 from .errors import RtforgeError
+from .fastws import DIRECT_EXTENSION
 from .messages import WebSocketMessage
 from .node import Node, node_of
 
@@ -37,7 +40,7 @@ def websocket_routes() -> list[WebsocketRouteHandler]:
         await serve_socket(socket, None)
 
     @websocket("/ws/{channel:str}", name="ws_channel")
-    async def ws_channel(socket: WebSocket, channel: str) -> None:  # type: ignore[type-arg]
+    async def ws_channel(socket: WebSocket, channel: FromPath[str]) -> None:  # type: ignore[type-arg]
         await serve_socket(socket, channel)
 
     return [ws_main, ws_channel]
@@ -63,7 +66,7 @@ async def serve_socket(socket: WebSocket, channel: str | None) -> None:  # type:
             await _refuse(socket, exc)
             return
     welcome = f"Connected to channel: {channel}" if channel else "WebSocket connected"
-    conn = await manager.register(socket.send, _metadata(socket), welcome)
+    conn = await manager.register(socket.send, _metadata(socket), welcome, _direct(socket))
     reason = "client"
     try:
         if channel is not None:
@@ -79,6 +82,12 @@ async def serve_socket(socket: WebSocket, channel: str | None) -> None:  # type:
         else:
             await conn.wait_closed(_FLUSH_TIMEOUT)
         await manager.unregister(conn, reason)
+
+
+def _direct(socket: WebSocket) -> DirectSocket | None:  # type: ignore[type-arg]
+    """The socket's direct-write extension, when the server offers one."""
+    extension: Any = (socket.scope.get("extensions") or {}).get(DIRECT_EXTENSION)
+    return cast("DirectSocket | None", extension.get("socket")) if extension else None
 
 
 async def _refuse(socket: WebSocket, exc: RtforgeError) -> None:  # type: ignore[type-arg]
