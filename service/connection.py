@@ -4,10 +4,13 @@ Fan-out calls :meth:`Connection.push` with an :class:`~service.frames.OutFrame`
 encoded once for all recipients. ``push`` never awaits. Two ways out:
 
 * **direct** (sockets served by :mod:`service.fastws`): the prepared wire
-  frame is written straight to the transport. While the transport's buffer
-  is above its high-water mark (the protocol paused us), frames wait in a
-  backlog, flushed in one write when the transport drains. No task per
-  connection, no ``await`` per frame.
+  frames a socket receives during one event-loop iteration are *corked* and
+  written to its transport in one ``write`` at the start of the next
+  iteration (:class:`Corker`): a loopback ``send()`` costs more than all the
+  Python around it, so a burst of N messages costs one syscall per socket,
+  not N. While the transport's buffer is above its high-water mark (the
+  protocol paused us), frames wait in a backlog, flushed in one write when
+  the transport drains. No task per connection, no ``await`` per frame.
 * **ASGI** (any other server): frames wait in a queue that one writer task
   drains through ``websocket.send``.
 
@@ -31,7 +34,7 @@ from typing import Any, Protocol
 from .close_codes import CloseCode, close_reason
 from .frames import OutFrame
 
-__all__ = ["Connection", "ConnectionId", "ConnectionMetadata", "DirectSocket"]
+__all__ = ["Connection", "ConnectionId", "ConnectionMetadata", "Corker", "DirectSocket"]
 
 log = logging.getLogger("rtforge.connection")
 
@@ -40,6 +43,8 @@ SendFn = Callable[[Any], Awaitable[None]]
 
 #: how long a close frame may take to leave on the ASGI path
 _CLOSE_TIMEOUT = 5.0
+#: frames corked for one socket before they are written without waiting
+_CORK_LIMIT = 64
 
 
 class DirectSocket(Protocol):
@@ -51,6 +56,33 @@ class DirectSocket(Protocol):
     on_lost: Callable[[], None]
 
     def force_close(self, code: int, reason: str) -> None: ...
+
+
+class Corker:
+    """Collects the sockets that got frames in this loop iteration and
+    flushes each of them with one write in a single callback."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn._uncork()
 
 
 class ConnectionId(str):
@@ -88,6 +120,8 @@ class Connection:
         "_backlog",
         "_close_reason",
         "_closed",
+        "_cork",
+        "_corked",
         "_direct",
         "_limit",
         "_send",
@@ -111,6 +145,7 @@ class Connection:
         on_overflow: Callable[[Connection], None],
         *,
         direct: DirectSocket | None = None,
+        cork: Corker | None = None,
     ) -> None:
         self.id = connection_id
         self.metadata = metadata
@@ -125,6 +160,8 @@ class Connection:
         self._waiter: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._direct = direct
+        self._cork = cork if cork is not None else Corker()
+        self._corked: list[bytes] | None = None
         # direct mode: None while the transport takes writes, a deque while paused;
         # ASGI mode: the queue of frames waiting for the writer task.
         self._backlog: deque[Any] | None
@@ -149,7 +186,14 @@ class Connection:
             return False
         backlog = self._backlog
         if backlog is None:
-            self._write(frame.wire)
+            corked = self._corked
+            if corked is None:
+                self._corked = [frame.wire]
+                self._cork.add(self)
+            else:
+                corked.append(frame.wire)
+                if len(corked) >= _CORK_LIMIT:
+                    self._uncork()
             return True
         if len(backlog) >= self._limit:
             self.close(CloseCode.SLOW_CONSUMER)
@@ -167,6 +211,18 @@ class Connection:
         return True
 
     # -- direct-mode flow control ----------------------------------------------
+    def _uncork(self) -> None:
+        corked = self._corked
+        if corked is None:
+            return
+        self._corked = None
+        if self._closed:
+            return
+        if self._backlog is not None:  # paused since: keep the order
+            self._backlog.extend(corked)
+        else:
+            self._write(corked[0] if len(corked) == 1 else b"".join(corked))
+
     def _pause(self) -> None:
         if self._backlog is None:
             self._backlog = deque()
@@ -191,7 +247,7 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        return len(self._backlog) if self._backlog is not None else 0
+        return len(self._backlog or ()) + len(self._corked or ())
 
     def close(self, code: CloseCode = CloseCode.NORMAL, reason: str | None = None) -> None:
         """Close with ``code``. Frames already accepted are sent first,
@@ -203,9 +259,12 @@ class Connection:
         self.close_code = code
         text = reason if reason is not None else close_reason(code)
         if self._direct is not None:
+            corked, self._corked = self._corked, None
             backlog, self._backlog = self._backlog, None
-            if backlog and code is not CloseCode.SLOW_CONSUMER:
-                self._write(b"".join(backlog))
+            if code is not CloseCode.SLOW_CONSUMER:
+                pending = [*(backlog or ()), *(corked or ())]
+                if pending:
+                    self._write(b"".join(pending))
             self._direct.force_close(int(code), text)
             return
         self._close_reason = text
@@ -240,6 +299,7 @@ class Connection:
         self._closed = True
         if self._direct is not None:
             self._backlog = None
+            self._corked = None
         elif self._backlog is not None:
             self._backlog.clear()
         if self._writer is not None and not self._writer.done():

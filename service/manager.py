@@ -21,7 +21,7 @@ from backends import Backplane, BackplaneUnavailable, Envelope, MemoryBackplane,
 
 from .channels import ChannelManager, LocalIndex, validate_channel_name
 from .close_codes import CloseCode
-from .connection import Connection, ConnectionId, ConnectionMetadata, DirectSocket, SendFn
+from .connection import Connection, ConnectionId, ConnectionMetadata, Corker, DirectSocket, SendFn
 from .errors import ConnectionNotFound, RtforgeError
 from .frames import OutFrame
 from .messages import WebSocketMessage
@@ -108,6 +108,7 @@ class WebSocketManager:
         )
         self.message_handler: MessageHandler = message_handler or default_message_handler
         self.local = LocalIndex()
+        self._corker = Corker()
         self._channels = ChannelManager(self.backplane, self.local)
         self._heartbeat: asyncio.Task[None] | None = None
         self._started = False
@@ -168,7 +169,7 @@ class WebSocketManager:
         direct-write extension, when the server offers one."""
         conn = Connection(
             ConnectionId.new(), metadata, send, self.settings.send_queue_size,
-            self._on_overflow, direct=direct,
+            self._on_overflow, direct=direct, cork=self._corker,
         )
         self.local.connections[conn.id] = conn
         conn.push(
