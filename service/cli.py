@@ -95,9 +95,10 @@ def _serve(settings: Settings) -> None:
     from .app import create_app  # noqa: PLC0415
     from .fastws import RtforgeWebSocketProtocol  # noqa: PLC0415
     from .logs import configure_logging  # noqa: PLC0415
+    from .ws_routes import WebSocketFrontApp  # noqa: PLC0415
 
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    app = WebSocketFrontApp(create_app(settings))
     config = uvicorn.Config(
         app,
         host=settings.host,

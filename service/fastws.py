@@ -13,6 +13,8 @@ recipient. Any other ASGI server keeps working through the ordinary
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,12 +30,84 @@ def _ignore() -> None:
     return None
 
 
+class _InboxQueue:
+    """The part of :class:`asyncio.Queue` uvicorn uses for a socket's
+    incoming events, for one consumer: a list and at most one waiter.
+    An :class:`asyncio.Queue` costs ~2.4 KiB per socket; this ~0.3 KiB."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        return self._items.popleft()
+
+
+class _WritableFlag:
+    """The part of :class:`asyncio.Event` uvicorn uses for flow control,
+    without the Event's per-instance waiter deque until someone waits."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+
 class RtforgeWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol, plus direct writes of prepared frames."""
 
     on_pause: Callable[[], None] = staticmethod(_ignore)
     on_resume: Callable[[], None] = staticmethod(_ignore)
     on_lost: Callable[[], None] = staticmethod(_ignore)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _InboxQueue()  # type: ignore[assignment]
+        self.writable = _WritableFlag()  # type: ignore[assignment]
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

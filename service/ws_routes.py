@@ -4,17 +4,27 @@ Each socket's life: accept, register (the welcome frame goes out first),
 optional subscription to the path's channel, then a receive loop that hands
 frames to the :class:`~service.protocol.ClientProtocol` until the client
 leaves or the server closes it; finally every membership is cleaned up.
+
+It is all one coroutine over raw ASGI (:func:`serve_websocket`), because an
+idle socket keeps its whole call chain alive: ``rtforge serve`` puts
+:class:`WebSocketFrontApp` in front of Litestar, so that sockets on these two
+paths never pass through Litestar's routing and connection objects (HTTP
+still does). :func:`websocket_routes` offers the same endpoints as Litestar
+route handlers for applications that embed a node in their own app.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from litestar import WebSocket, websocket
+from litestar import Litestar, WebSocket, websocket
+from litestar.enums import ScopeType
 from litestar.handlers import WebsocketRouteHandler
 from litestar.params import FromPath
+from litestar.types import Receive, Scope, Send
 
 from .channels import validate_channel_name
 from .close_codes import CloseCode, close_reason
@@ -24,12 +34,16 @@ from .fastws import DIRECT_EXTENSION
 from .messages import WebSocketMessage
 from .node import Node, node_of
 
-__all__ = ["websocket_routes"]
+__all__ = ["WebSocketFrontApp", "serve_websocket", "websocket_routes"]
 
 log = logging.getLogger("rtforge.ws")
 
 #: how long a closing socket may take to flush its queue and close frame
 _FLUSH_TIMEOUT = 5.0
+_CHANNEL_PREFIX = "/ws/"
+
+#: ASGI send, typed loosely: the events below are plain dicts
+AnySend = Callable[[Any], Awaitable[None]]
 
 
 def websocket_routes() -> list[WebsocketRouteHandler]:
@@ -37,41 +51,86 @@ def websocket_routes() -> list[WebsocketRouteHandler]:
 
     @websocket("/ws", name="ws")
     async def ws_main(socket: WebSocket) -> None:  # type: ignore[type-arg]
-        await serve_socket(socket, None)
+        node = node_of(socket.app.state)
+        await serve_websocket(socket.scope, socket.receive, socket.send, node, None)
 
     @websocket("/ws/{channel:str}", name="ws_channel")
     async def ws_channel(socket: WebSocket, channel: FromPath[str]) -> None:  # type: ignore[type-arg]
-        await serve_socket(socket, channel)
+        node = node_of(socket.app.state)
+        await serve_websocket(socket.scope, socket.receive, socket.send, node, channel)
 
     return [ws_main, ws_channel]
 
 
-def _metadata(socket: WebSocket) -> ConnectionMetadata:  # type: ignore[type-arg]
-    client = socket.client
-    remote = f"{client.host}:{client.port}" if client else None
-    return ConnectionMetadata(remote_addr=remote, user_agent=socket.headers.get("user-agent"))
+class WebSocketFrontApp:
+    """ASGI app that serves ``/ws`` and ``/ws/{channel}`` itself and hands
+    everything else (HTTP, lifespan, other WebSocket paths) to Litestar."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.app = app
+        self.node: Node = node_of(app.state)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.WEBSOCKET:
+            path: str = scope["path"]
+            if path == "/ws":
+                await serve_websocket(scope, receive, send, self.node, None)
+                return
+            if path.startswith(_CHANNEL_PREFIX) and len(path) > len(_CHANNEL_PREFIX):
+                channel = path[len(_CHANNEL_PREFIX):]
+                await serve_websocket(scope, receive, send, self.node, channel)
+                return
+        await self.app(scope, receive, send)
 
 
-async def serve_socket(socket: WebSocket, channel: str | None) -> None:  # type: ignore[type-arg]
-    node: Node = node_of(socket.app.state)
-    manager = node.manager
-    if manager.draining:
-        await socket.close(code=int(CloseCode.SERVICE_RESTART))
+def _header(scope: Any, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return cast(bytes, value).decode("latin-1")
+    return None
+
+
+def _direct(scope: Any) -> DirectSocket | None:
+    """The socket's direct-write extension, when the server offers one."""
+    extension: Any = (scope.get("extensions") or {}).get(DIRECT_EXTENSION)
+    return cast("DirectSocket | None", extension.get("socket")) if extension else None
+
+
+async def serve_websocket(
+    scope: Any, receive: Receive, send: Send, node: Node, channel: str | None
+) -> None:
+    """Serve one WebSocket from handshake to cleanup.
+
+    Deliberately one flat loop: while a socket idles, this frame is all
+    rtforge keeps on its call stack."""
+    conn = await _open(scope, receive, cast(AnySend, send), node, channel)
+    if conn is None:
         return
-    await socket.accept()
-    if channel is not None:
-        try:
-            validate_channel_name(channel)
-        except RtforgeError as exc:
-            await _refuse(socket, exc)
-            return
-    welcome = f"Connected to channel: {channel}" if channel else "WebSocket connected"
-    conn = await manager.register(socket.send, _metadata(socket), welcome, _direct(socket))
+    manager = node.manager
+    protocol = node.protocol
+    max_size = node.settings.max_message_size
     reason = "client"
     try:
         if channel is not None:
-            await node.protocol.run_command(conn, {"command": "subscribe", "channel": channel})
-        reason = await _receive_loop(socket, conn, node)
+            await protocol.run_command(conn, {"command": "subscribe", "channel": channel})
+        while True:
+            event = await receive()
+            if event["type"] != "websocket.receive":
+                reason = "client" if not conn.closed else "server"
+                break
+            conn.last_seen = time.monotonic()
+            if conn.closed:
+                continue  # closing: drain input until the client acknowledges
+            if _too_big(event, max_size):
+                manager.metrics.oversized_frames.inc()
+                conn.close(CloseCode.MESSAGE_TOO_BIG)
+                reason = "message_too_big"
+                break
+            text = event.get("text")
+            if text is not None:
+                await protocol.handle_text(conn, text)
+            else:
+                await protocol.handle_bytes(conn, event.get("bytes") or b"")
     except Exception:
         log.exception("connection %s failed", conn.id)
         conn.close(CloseCode.INTERNAL_ERROR)
@@ -84,43 +143,41 @@ async def serve_socket(socket: WebSocket, channel: str | None) -> None:  # type:
         await manager.unregister(conn, reason)
 
 
-def _direct(socket: WebSocket) -> DirectSocket | None:  # type: ignore[type-arg]
-    """The socket's direct-write extension, when the server offers one."""
-    extension: Any = (socket.scope.get("extensions") or {}).get(DIRECT_EXTENSION)
-    return cast("DirectSocket | None", extension.get("socket")) if extension else None
+async def _open(
+    scope: Any, receive: Receive, send: AnySend, node: Node, channel: str | None
+) -> Connection | None:
+    """Handshake and register; None when the socket was refused."""
+    if (await receive())["type"] != "websocket.connect":
+        return None
+    if node.manager.draining:
+        await send({"type": "websocket.close", "code": int(CloseCode.SERVICE_RESTART)})
+        return None
+    await send({"type": "websocket.accept"})
+    if channel is not None:
+        try:
+            validate_channel_name(channel)
+        except RtforgeError as exc:
+            await _refuse(send, exc)
+            return None
+    client = scope.get("client")
+    metadata = ConnectionMetadata(
+        remote_addr=f"{client[0]}:{client[1]}" if client else None,
+        user_agent=_header(scope, b"user-agent"),
+    )
+    welcome = f"Connected to channel: {channel}" if channel else "WebSocket connected"
+    return await node.manager.register(send, metadata, welcome, _direct(scope))
 
 
-async def _refuse(socket: WebSocket, exc: RtforgeError) -> None:  # type: ignore[type-arg]
+def _too_big(event: Any, max_size: int) -> bool:
+    text = event.get("text")
+    if text is None:
+        return len(event.get("bytes") or b"") > max_size
+    # A str of at most max_size // 4 characters cannot exceed max_size in UTF-8.
+    return len(text) > max_size // 4 and len(text.encode()) > max_size
+
+
+async def _refuse(send: AnySend, exc: RtforgeError) -> None:
     frame = WebSocketMessage.system(str(exc)).with_metadata({"ok": False, "error": exc.code})
-    await socket.send_text(frame.to_json_string())
-    await socket.close(int(CloseCode.POLICY_VIOLATION), close_reason(CloseCode.POLICY_VIOLATION))
-
-
-async def _receive_loop(socket: WebSocket, conn: Connection, node: Node) -> str:  # type: ignore[type-arg]
-    """Handle client frames until the socket ends; returns why it ended."""
-    receive = socket.receive
-    protocol = node.protocol
-    max_size = node.settings.max_message_size
-    max_chars = max_size // 4  # a str this short cannot exceed max_size in UTF-8
-    metrics = node.manager.metrics
-    while True:
-        event = await receive()
-        if event["type"] != "websocket.receive":
-            return "client" if not conn.closed else "server"
-        conn.last_seen = time.monotonic()
-        if conn.closed:
-            continue  # closing: drain input until the client acknowledges
-        text = event.get("text")
-        if text is not None:
-            if len(text) > max_chars and len(text.encode()) > max_size:
-                metrics.oversized_frames.inc()
-                conn.close(CloseCode.MESSAGE_TOO_BIG)
-                return "message_too_big"
-            await protocol.handle_text(conn, text)
-        else:
-            data = event.get("bytes") or b""
-            if len(data) > max_size:
-                metrics.oversized_frames.inc()
-                conn.close(CloseCode.MESSAGE_TOO_BIG)
-                return "message_too_big"
-            await protocol.handle_bytes(conn, data)
+    await send({"type": "websocket.send", "text": frame.to_json_string()})
+    code = CloseCode.POLICY_VIOLATION
+    await send({"type": "websocket.close", "code": int(code), "reason": close_reason(code)})
