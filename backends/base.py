@@ -55,6 +55,7 @@ __all__ = [
     "Envelope",
     "Route",
     "count_recipients",
+    "subject_of",
 ]
 
 
@@ -168,6 +169,14 @@ def count_recipients(
     return len(selected)
 
 
+def subject_of(info: Mapping[str, Any]) -> str | None:
+    """The authenticated subject in a connection's info (``custom.sub``,
+    set by the node for connections that presented a token), if any."""
+    custom = info.get("custom")
+    subject = custom.get("sub") if isinstance(custom, Mapping) else None
+    return subject if isinstance(subject, str) else None
+
+
 class Backplane(abc.ABC):
     """Membership and routing shared by all nodes of a cluster.
 
@@ -224,6 +233,17 @@ class Backplane(abc.ABC):
     async def connection_info(self, connection_id: str) -> dict[str, Any] | None:
         """The ``info`` given to :meth:`add_connection`, plus ``node_id``;
         ``None`` when no live node holds ``connection_id``."""
+
+    async def subject_connection_count(self, subject: str) -> int:
+        """Connections held by all live nodes whose info carries ``subject``
+        (see :func:`subject_of`). This default scans every connection;
+        the built-in backplanes keep a count per subject."""
+        count = 0
+        for connection_id in await self.connection_ids():
+            info = await self.connection_info(connection_id)
+            if info is not None and subject_of(info) == subject:
+                count += 1
+        return count
 
     # -- membership --------------------------------------------------------
     @abc.abstractmethod

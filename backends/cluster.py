@@ -55,6 +55,7 @@ from .base import (
     Envelope,
     Route,
     count_recipients,
+    subject_of,
 )
 from .envelope import EnvelopeError, decode_envelope, encode_envelope
 from .transport import Transport
@@ -73,19 +74,32 @@ _RECONNECT_MIN, _RECONNECT_MAX = 0.25, 5.0
 class NodeState:
     """One node's connections and memberships, as owned or as replicated."""
 
-    __slots__ = ("channels_of", "connections", "members")
+    __slots__ = ("channels_of", "connections", "members", "subjects")
 
     def __init__(self) -> None:
         self.connections: dict[str, dict[str, Any]] = {}
         self.channels_of: dict[str, set[str]] = {}
         self.members: dict[str, set[str]] = {}
+        #: connections per authenticated subject (``custom.sub`` of the info)
+        self.subjects: dict[str, int] = {}
 
     def add_connection(self, connection_id: str, info: dict[str, Any]) -> None:
+        self._count_subject(self.connections.get(connection_id), -1)
         self.connections[connection_id] = info
+        self._count_subject(info, 1)
+
+    def _count_subject(self, info: dict[str, Any] | None, delta: int) -> None:
+        subject = subject_of(info) if info is not None else None
+        if subject is not None:
+            count = self.subjects.get(subject, 0) + delta
+            if count > 0:
+                self.subjects[subject] = count
+            else:
+                self.subjects.pop(subject, None)
 
     def remove_connection(self, connection_id: str) -> list[str]:
         """Remove and return the channels that lost their last member here."""
-        self.connections.pop(connection_id, None)
+        self._count_subject(self.connections.pop(connection_id, None), -1)
         emptied = []
         for channel in self.channels_of.pop(connection_id, ()):
             members = self.members.get(channel)
@@ -157,6 +171,32 @@ class NodeState:
             for channel in channels:
                 state.subscribe(channel, connection_id)
         return state
+
+
+def _replicable(value: Any) -> Any:
+    """``value`` with whatever msgpack cannot carry (integers beyond 64 bits,
+    unknown types) turned into text; the JSON-like rest is kept as is."""
+    if value is None or isinstance(value, bool | float | str | bytes):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _replicable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replicable(v) for v in value]
+    return str(value)
+
+
+def _is_row(row: Any) -> bool:
+    """A snapshot row: ``[connection id, info or None, [channels]]``."""
+    return (
+        isinstance(row, list)
+        and len(row) == 3
+        and isinstance(row[0], str)
+        and (row[1] is None or isinstance(row[1], dict))
+        and isinstance(row[2], list)
+        and all(isinstance(channel, str) for channel in row[2])
+    )
 
 
 @dataclass(slots=True)
@@ -387,7 +427,14 @@ class ClusterBackplane(Backplane):
             return
         if envelope.origin == self.node_id or self._listener is None:
             return
-        self._listener.deliver(envelope)
+        try:
+            self._listener.deliver(envelope)
+        except UnicodeDecodeError as exc:
+            # The frame must be UTF-8 JSON; the listener decodes it once.
+            log.warning("dropped an envelope on %s: frame is not UTF-8: %s", subject, exc)
+        except Exception:
+            # A listener bug must not take the transport's reader down with it.
+            log.exception("delivering an envelope from %s failed", subject)
 
     def _on_control(self, message: Any) -> None:
         if not isinstance(message, dict):
@@ -441,6 +488,12 @@ class ClusterBackplane(Backplane):
     def _on_snapshot_part(
         self, node: str, incarnation: str, seq: int, message: dict[str, Any]
     ) -> None:
+        # Check the whole part before touching any state: a malformed snapshot
+        # must not register a phantom peer.
+        index, total = int(message.get("p", 0)), int(message.get("P", 1))
+        rows = message.get("c", [])
+        if not (isinstance(rows, list) and all(_is_row(row) for row in rows)):
+            raise ValueError("malformed snapshot rows")
         for name, record, version in message.get("r", ()):
             self._merge_record(name, record, (float(version[0]), str(version[1])))
         peer = self._peers.get(node)
@@ -451,17 +504,16 @@ class ClusterBackplane(Backplane):
         peer.last_heard = now
         if seq < peer.seq:
             return
-        index, total = int(message.get("p", 0)), int(message.get("P", 1))
         if index == 0:
             peer.parts = {seq: []}
             peer.parts_expected = 0
-        rows = peer.parts.get(seq)
-        if rows is None or peer.parts_expected != index:
+        assembled = peer.parts.get(seq)
+        if assembled is None or peer.parts_expected != index:
             return  # a part went missing: the next heartbeat's gap check resyncs
-        rows.extend(message.get("c", ()))
+        assembled.extend(rows)
         peer.parts_expected = index + 1
         if peer.parts_expected == total:
-            peer.state = NodeState.from_rows(rows)
+            peer.state = NodeState.from_rows(assembled)
             peer.seq = seq
             peer.parts.clear()
 
@@ -577,6 +629,13 @@ class ClusterBackplane(Backplane):
     # -- connections and membership ----------------------------------------------
     async def add_connection(self, connection_id: str, info: Mapping[str, Any]) -> None:
         data = dict(info)
+        try:
+            msgpack.packb(data, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # Info that cannot travel would fail every delta and every
+            # snapshot of this node from now on: replicate it as text instead.
+            log.warning("connection %s: info sent as text (%r)", connection_id, exc)
+            data = _replicable(data)
         self.own.add_connection(connection_id, data)
         self._queue_op(["+c", connection_id, data])
 
@@ -595,6 +654,9 @@ class ClusterBackplane(Backplane):
 
     async def connection_ids(self) -> list[str]:
         return [c for s in self._states() for c in s.connections]
+
+    async def subject_connection_count(self, subject: str) -> int:
+        return sum(s.subjects.get(subject, 0) for s in self._states())
 
     async def connection_info(self, connection_id: str) -> dict[str, Any] | None:
         owner = self._owner(connection_id)

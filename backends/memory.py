@@ -20,6 +20,7 @@ from .base import (
     Envelope,
     Route,
     count_recipients,
+    subject_of,
 )
 
 __all__ = ["MemoryBackplane"]
@@ -35,12 +36,14 @@ class MemoryBackplane(Backplane):
         self._members: dict[str, set[str]] = {}
         self._channels_of: dict[str, set[str]] = {}
         self._records: dict[str, ChannelRecord] = {}
+        self._subjects: dict[str, int] = {}
 
     async def start(self, listener: BackplaneListener) -> None:
         self._listener = listener
 
     async def stop(self) -> None:
         self._connections.clear()
+        self._subjects.clear()
         self._members.clear()
         self._channels_of.clear()
         self._listener = None
@@ -51,14 +54,30 @@ class MemoryBackplane(Backplane):
 
     # -- connections -------------------------------------------------------
     async def add_connection(self, connection_id: str, info: Mapping[str, Any]) -> None:
+        self._forget_subject(self._connections.get(connection_id))
         self._connections[connection_id] = {**info, "node_id": self.node_id}
+        subject = subject_of(info)
+        if subject is not None:
+            self._subjects[subject] = self._subjects.get(subject, 0) + 1
 
     async def remove_connection(self, connection_id: str) -> list[str]:
-        self._connections.pop(connection_id, None)
+        self._forget_subject(self._connections.pop(connection_id, None))
         channels = self._channels_of.pop(connection_id, set())
         for channel in channels:
             self._discard_member(channel, connection_id)
         return sorted(channels)
+
+    def _forget_subject(self, info: dict[str, Any] | None) -> None:
+        subject = subject_of(info) if info is not None else None
+        if subject is not None:
+            left = self._subjects.get(subject, 0) - 1
+            if left > 0:
+                self._subjects[subject] = left
+            else:
+                self._subjects.pop(subject, None)
+
+    async def subject_connection_count(self, subject: str) -> int:
+        return self._subjects.get(subject, 0)
 
     async def connection_count(self) -> int:
         return len(self._connections)

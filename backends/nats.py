@@ -41,6 +41,8 @@ class NatsTransport(Transport):
         super().__init__(url, cluster, node_id)
         self._nc: Client | None = None
         self._subs: dict[str, Subscription] = {}
+        #: subjects whose subscription is being confirmed by a flush
+        self._flushing: dict[str, asyncio.Future[None]] = {}
         self._closing = False
 
     @property
@@ -61,7 +63,9 @@ class NatsTransport(Transport):
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,  # type: ignore[arg-type]  # accepts float
                     connect_timeout=2,
-                    ping_interval=5,
+                    # A hung broker (or a silent partition) is noticed after
+                    # about ping_interval * (max_outstanding_pings + 1) seconds.
+                    ping_interval=2,
                     max_outstanding_pings=2,
                     disconnected_cb=self._disconnected,
                     reconnected_cb=self._reconnected,
@@ -122,15 +126,24 @@ class NatsTransport(Transport):
             raise BackplaneUnavailable(f"NATS publish failed: {exc!r}") from None
 
     async def subscribe(self, subject: str) -> None:
+        # A concurrent caller's flush is this caller's barrier too: returning
+        # before it completes would let a publish overtake the interest.
+        while (pending := self._flushing.get(subject)) is not None:
+            await asyncio.shield(pending)
         if subject in self._subs:
             return
         nc = self._client()
+        flushed = asyncio.get_running_loop().create_future()
+        self._flushing[subject] = flushed
         try:
             self._subs[subject] = await nc.subscribe(subject, cb=self._receive)
             # After the flush the server has registered the interest.
             await nc.flush(_FLUSH_TIMEOUT)  # type: ignore[arg-type]
         except Exception as exc:
             raise BackplaneUnavailable(f"NATS subscribe failed: {exc!r}") from None
+        finally:
+            del self._flushing[subject]
+            flushed.set_result(None)
 
     async def unsubscribe(self, subject: str) -> None:
         sub = self._subs.pop(subject, None)

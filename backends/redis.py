@@ -29,6 +29,8 @@ log = logging.getLogger("rtforge.backends.redis")
 
 _TIMEOUT = 2.0
 _SUBSCRIBE_TIMEOUT = 3.0
+#: ping the subscriber connection after this many silent seconds
+_PING_IDLE = 2.0
 _BACKOFF_MIN, _BACKOFF_MAX = 0.2, 2.0
 _NETWORK_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -123,21 +125,39 @@ class RedisTransport(Transport):
                 await self._pubsub.unsubscribe(subject)
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()  # anything read on the subscriber connection
+        ping_sent: float | None = None
         while not self._closing:
             pubsub = self._pubsub
             try:
                 if pubsub is None:
                     raise ConnectionError("no subscriber connection")
                 message = await pubsub.get_message(timeout=1.0)
+                # A hung broker (or a partition without a reset) keeps the
+                # socket open and silent: ping when idle, give up without a pong.
+                now = loop.time()
+                if message is not None:
+                    heard, ping_sent = now, None
+                elif ping_sent is not None and now - ping_sent > _TIMEOUT:
+                    raise ConnectionError(f"Redis did not answer a ping in {_TIMEOUT:g}s")
+                elif ping_sent is None and now - heard > _PING_IDLE:
+                    ping_sent = now
+                    await pubsub.ping()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # redis-py raises several unrelated types
                 if self._closing:
                     return
                 await self._recover(exc)
+                heard, ping_sent = loop.time(), None
                 continue
             if message is not None:
-                self._dispatch(message)
+                try:
+                    self._dispatch(message)
+                except Exception:
+                    # Never let one message end the reader: the node would go deaf.
+                    log.exception("handling a Redis message failed")
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

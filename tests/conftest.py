@@ -10,7 +10,8 @@
   closed at teardown.
 * ``channel_name`` is a fresh channel name per test.
 * ``nats_broker`` and ``redis_broker`` (real brokers for cluster tests) come
-  from the :mod:`support.broker_fixtures` plugin.
+  from the :mod:`support.broker_fixtures` plugin; ``cluster``, ``make_cluster``
+  and ``shared_backend`` (nodes that share a backplane) from :mod:`support.cluster`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from support.client import WsClient, WsConnect
 from support.nodes import NodeFactory, NodePool, NodeProcess
 
-pytest_plugins = ["support.broker_fixtures"]
+pytest_plugins = ["support.broker_fixtures", "support.cluster"]
 
 
 @pytest.fixture

@@ -271,6 +271,25 @@ class Broker(ABC):
         finally:
             self.start()
 
+    def pause(self) -> None:
+        """Make the broker hang: its sockets stay open and nothing answers
+        (SIGSTOP / ``docker pause``), like a network partition."""
+        raise NotImplementedError(f"{self.describe()} cannot be paused")
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        raise NotImplementedError(f"{self.describe()} cannot be resumed")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[Broker]:
+        """``with broker.frozen(): ...`` — the broker hangs inside the block
+        (see :meth:`pause`) and resumes when it exits, even if the test fails."""
+        self.pause()
+        try:
+            yield self
+        finally:
+            self.resume()
+
     def flush(self) -> None:
         """Drop all data the broker holds (Redis: every key). NATS keeps none."""
         if self.name != "redis":
@@ -335,6 +354,12 @@ class EnvBroker(Broker):
 
     def start(self) -> None:
         self._refuse("start")
+
+    def pause(self) -> None:
+        self._refuse("pause")
+
+    def resume(self) -> None:
+        self._refuse("resume")
 
     def close(self) -> None:
         pass
@@ -417,7 +442,16 @@ class ProcessBroker(Broker):
             proc.wait(timeout=STOP_TIMEOUT)
 
     def close(self) -> None:
+        self.resume()
         self.stop()
+
+    def pause(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def diagnostics(self) -> str:
         try:
@@ -496,6 +530,15 @@ class ContainerBroker(Broker):
         else:
             wrapped.kill()
             wrapped.wait(timeout=STOP_TIMEOUT)
+
+    def pause(self) -> None:
+        self._wrapped().pause()
+
+    def resume(self) -> None:
+        wrapped = self._wrapped()
+        wrapped.reload()
+        if wrapped.status == "paused":
+            wrapped.unpause()
 
     def close(self) -> None:
         tc, self._tc = self._tc, None
