@@ -26,6 +26,7 @@ from litestar.status_codes import (
 
 from backends import BackplaneError
 
+from .api_auth import api_key_guard
 from .channels import Channel, validate_channel_name
 from .errors import (
     ChannelNameInvalid,
@@ -79,6 +80,7 @@ class RecipientsOut(msgspec.Struct):
 class ApiController(Controller):
     path = "/api"
     tags = ["api"]
+    guards = [api_key_guard]  # --api-key, or loopback only (service/api_auth.py)
 
     @post("/broadcast", status_code=HTTP_200_OK)
     async def broadcast(self, state: State, data: JSONBody[BroadcastIn]) -> RecipientsOut:
@@ -206,8 +208,9 @@ _STATUS_OF: dict[type[RtforgeError], int] = {
 
 def _rtforge_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     assert isinstance(exc, RtforgeError)
-    status = _STATUS_OF.get(type(exc), HTTP_400_BAD_REQUEST)
-    return Response({"error": exc.code, "detail": str(exc)}, status_code=status)
+    status = getattr(exc, "http_status", None) or _STATUS_OF.get(type(exc), HTTP_400_BAD_REQUEST)
+    headers = getattr(exc, "http_headers", None)
+    return Response({"error": exc.code, "detail": str(exc)}, status_code=status, headers=headers)
 
 
 def _backplane_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:

@@ -24,6 +24,8 @@ class CloseCode(IntEnum):
     """The client did not read fast enough; its send queue overflowed."""
     HEARTBEAT_TIMEOUT = 4000
     """The client sent nothing for ``heartbeat_timeout`` seconds."""
+    TOKEN_EXPIRED = 4001
+    """The connection's JWT expired: get a new token and reconnect."""
 
 
 _REASONS = {
@@ -35,6 +37,7 @@ _REASONS = {
     CloseCode.SERVICE_RESTART: "server restarting, reconnect",
     CloseCode.SLOW_CONSUMER: "slow consumer",
     CloseCode.HEARTBEAT_TIMEOUT: "heartbeat timeout",
+    CloseCode.TOKEN_EXPIRED: "token expired",
 }
 
 

@@ -74,7 +74,7 @@ class WebSocketMessage:
         cannot be represented as JSON."""
         try:
             json_encode(data)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
             raise MessageInvalid(f"payload is not JSON-serialisable: {exc}") from None
         return cls(MessageType.JSON, data)
 
@@ -128,7 +128,7 @@ class WebSocketMessage:
         """UTF-8 JSON bytes of this frame."""
         try:
             return json_encode(self.to_dict())
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:  # lone surrogates
             raise MessageInvalid(f"message is not JSON-serialisable: {exc}") from None
 
     def frame(self) -> OutFrame:

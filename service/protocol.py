@@ -24,9 +24,10 @@ from backends import BackplaneError
 
 from .channels import validate_channel_name
 from .connection import Connection
-from .errors import CommandInvalid, Forbidden, LimitReached, RtforgeError, UnknownCommand
+from .errors import CommandInvalid, LimitReached, RtforgeError, UnknownCommand
 from .manager import MessageContext, WebSocketManager
 from .messages import MessageType, WebSocketMessage, json_decode
+from .security import Security
 
 __all__ = ["COMMANDS", "ClientProtocol"]
 
@@ -47,6 +48,8 @@ class ClientProtocol:
     def __init__(self, manager: WebSocketManager) -> None:
         self.manager = manager
         self.channels = manager.channel_manager()
+        #: authentication, channel policy and limits (service/security.py)
+        self.security = Security(manager)
         self._commands: dict[str, CommandFn] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -55,6 +58,8 @@ class ClientProtocol:
             "presence": self._presence,
             "ping": self._ping,
         }
+        for command_name in self._commands:  # series exist from the start (dashboards)
+            manager.metrics.commands.labels(command_name, "ok")
 
     # -- frames --------------------------------------------------------------
     async def handle_text(self, conn: Connection, text: str) -> None:
@@ -69,6 +74,7 @@ class ClientProtocol:
             if kind == "ping":
                 self.manager.metrics.frames_in.labels("ping").inc()
                 conn.push(WebSocketMessage.pong().frame())
+                self.manager.metrics.frames_sent.labels("pong").inc()
                 return
             if kind == "pong":
                 self.manager.metrics.frames_in.labels("pong").inc()
@@ -104,6 +110,7 @@ class ClientProtocol:
             )
         if reply is not None:
             conn.push(reply.frame())
+            self.manager.metrics.frames_sent.labels("reply").inc()
 
     # -- commands ------------------------------------------------------------
     async def run_command(self, conn: Connection, payload: dict[str, Any]) -> None:
@@ -116,7 +123,11 @@ class ClientProtocol:
             command = self._commands.get(name)
             if command is None:
                 raise UnknownCommand(f"unknown command: {name[:64]}")
-            reply = await command(conn, payload)
+            tracing = self.manager.tracing
+            if tracing is None:
+                reply = await command(conn, payload)
+            else:
+                reply = await tracing.run_command(name, conn, payload, command)
             outcome_meta: dict[str, Any] = {"command": name, "ok": True}
         except RtforgeError as exc:
             reply = WebSocketMessage.system(str(exc))
@@ -132,6 +143,7 @@ class ClientProtocol:
             label, "ok" if outcome_meta["ok"] else "error"
         ).inc()
         conn.push(reply.with_metadata(outcome_meta).frame())
+        self.manager.metrics.frames_sent.labels("reply").inc()
 
     @staticmethod
     def _channel_of(payload: dict[str, Any]) -> str:
@@ -139,12 +151,9 @@ class ClientProtocol:
             raise CommandInvalid("missing field: channel")
         return validate_channel_name(payload["channel"])
 
-    async def _ensure_public(self, channel: str, conn: Connection) -> None:
-        if channel in conn.channels:
-            return
-        info = await self.channels.backplane.get_channel(channel)
-        if info is not None and info.record.is_private:
-            raise Forbidden(f"channel {channel} is private")
+    async def _authorize(self, conn: Connection, channel: str, action: str) -> None:
+        """Raise :class:`Forbidden` unless the channel policy allows it."""
+        await self.security.authorize(conn, channel, action)
 
     async def subscribe(self, conn: Connection, channel: str) -> bool:
         """Subscribe ``conn`` as a client would (policy and limits apply)."""
@@ -152,10 +161,11 @@ class ClientProtocol:
         if channel in conn.channels:
             return False
         if len(conn.channels) >= self.manager.settings.max_subscriptions:
+            self.manager.metrics.limit_hits.labels("subscriptions").inc()
             raise LimitReached(
                 f"subscription limit reached ({self.manager.settings.max_subscriptions})"
             )
-        await self._ensure_public(channel, conn)
+        await self._authorize(conn, channel, "subscribe")
         return await self.channels.subscribe(channel, conn.id)
 
     async def _subscribe(self, conn: Connection, payload: dict[str, Any]) -> Reply:
@@ -171,10 +181,12 @@ class ClientProtocol:
         )
 
     async def _list_channels(self, conn: Connection, payload: dict[str, Any]) -> Reply:
+        identity = self.security.identity_of(conn)
         names = [
             c.name
             for c in await self.channels.list_channels()
-            if not c.is_private or c.name in conn.channels
+            if c.name in conn.channels
+            or self.security.allowed(identity, c.name, "subscribe", c.is_private)
         ]
         return WebSocketMessage.json({"channels": names})
 
@@ -185,7 +197,7 @@ class ClientProtocol:
         event = payload.get("event")
         if event is not None and (not isinstance(event, str) or not event):
             raise CommandInvalid("event must be a non-empty string")
-        await self._ensure_public(channel, conn)
+        await self._authorize(conn, channel, "publish")
         data = payload["data"]
         message = WebSocketMessage.event(event, data) if event else WebSocketMessage.json(data)
         recipients = await self.manager.send_to_channel(channel, message)
@@ -195,7 +207,7 @@ class ClientProtocol:
 
     async def _presence(self, conn: Connection, payload: dict[str, Any]) -> Reply:
         channel = self._channel_of(payload)
-        await self._ensure_public(channel, conn)
+        await self._authorize(conn, channel, "presence")
         count = await self.channels.subscriber_count(channel)
         return WebSocketMessage.json({"channel": channel, "count": count})
 

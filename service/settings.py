@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from . import security_options as sec
 from .errors import SettingsError
 
 __all__ = ["OPTIONS", "Option", "Settings", "mask_url"]
@@ -31,6 +32,13 @@ def _positive_float(raw: str) -> float:
     value = float(raw)
     if not (math.isfinite(value) and value > 0):
         raise ValueError("must be a positive number")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("must be a number >= 0")
     return value
 
 
@@ -76,6 +84,29 @@ def _node_id(raw: str) -> str:
     if not _NODE_ID.match(raw):
         raise ValueError("must be 1-64 characters of letters, digits, '-' or '_'")
     return raw
+
+
+_EVENTS_SUBJECT = re.compile(r"^[!-~]{1,255}$")
+
+
+def _events_subject(raw: str) -> str:
+    value = raw.strip()
+    if value and not _EVENTS_SUBJECT.match(value):
+        raise ValueError("must be 1-255 printable ASCII characters without spaces (or empty: off)")
+    return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("must be on or off (also: true/false, yes/no, 1/0)")
 
 
 def _host(raw: str) -> str:
@@ -124,8 +155,49 @@ OPTIONS: tuple[Option, ...] = (
     Option("send_queue_size", _positive_int, 1024,
            "frames queued for one client before it is closed as a slow consumer"),
     Option("max_subscriptions", _positive_int, 1000, "channels one connection may subscribe to"),
+    Option("drain_timeout", _positive_float, 10.0,
+           "seconds a draining node may take to flush and close its sockets"),
+    Option("drain_delay", _non_negative_float, 0.0,
+           "seconds a node stays unready after SIGTERM before closing sockets"),
     Option("log_level", _choice(*LOG_LEVELS), "info", "debug, info, warning or error"),
     Option("log_format", _choice(*LOG_FORMATS), "text", "text or json"),
+    Option("events_subject", _events_subject, "",
+           "NATS subject or Redis channel on the backend's broker whose JSON domain events "
+           "become WebSocket event frames (empty: off)"),
+    Option("demo", _bool, True, "serve the demo web app at / and feed its dashboard"),
+    # -- security (docs/security.md) --
+    Option("jwt_secret", sec.jwt_secret, "",
+           "HS256 secret (32+ bytes) that WebSocket tokens are signed with; set a key to "
+           "require a JWT on every connection", secret=True),
+    Option("jwt_public_key", sec.jwt_public_key, "",
+           "PEM public key or certificate (file path or inline) for RS256/ES256/EdDSA tokens"),
+    Option("jwt_algorithms", sec.jwt_algorithms, "",
+           "accepted JWT algorithms, comma-separated (default: what the keys imply)"),
+    Option("jwt_audience", sec.non_empty_text, "", "required JWT aud (empty: aud not checked)"),
+    Option("jwt_issuer", sec.non_empty_text, "", "required JWT iss (empty: iss not checked)"),
+    Option("jwt_leeway", sec.non_negative_float, 5.0,
+           "seconds of clock skew allowed for exp, nbf and iat"),
+    Option("jwt_require_exp", _bool, True, "refuse tokens without an exp claim"),
+    Option("allow_anonymous", _bool, False,
+           "with a JWT key set, also admit connections without a token (public channels only)"),
+    Option("channel_policy", sec.channel_policy, "",
+           "channel authorization policy: inline JSON or a .json/.toml file "
+           "(default: built in, see docs/security.md)"),
+    Option("api_key", sec.non_empty_text, "",
+           "key the HTTP API requires as Authorization: Bearer (unset: API only on loopback)",
+           secret=True),
+    Option("allowed_origins", sec.origins, "",
+           "comma-separated Origins allowed to open WebSockets (unset: every origin)"),
+    Option("rate_limit", sec.non_negative_float, 100.0,
+           "client frames per second per connection, token bucket (0: no limit)"),
+    Option("rate_burst", _positive_int, 1000,
+           "frames a connection may send at once; this many refusals in a row close it (1008)"),
+    Option("max_connections", sec.non_negative_int, 0,
+           "connections this node accepts (0: no limit); more get HTTP 503"),
+    Option("max_connections_per_user", sec.non_negative_int, 0,
+           "connections per token subject, cluster-wide (0: no limit); more get HTTP 429"),
+    Option("max_channel_name_length", sec.channel_name_length, 255,
+           "longest channel name a client may use (1-255)"),
 )
 
 
@@ -144,8 +216,28 @@ class Settings:
     lease_ttl: float = 15.0
     send_queue_size: int = 1024
     max_subscriptions: int = 1000
+    drain_timeout: float = 10.0
+    drain_delay: float = 0.0
     log_level: str = "info"
     log_format: str = "text"
+    events_subject: str = ""
+    demo: bool = True
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_algorithms: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_leeway: float = 5.0
+    jwt_require_exp: bool = True
+    allow_anonymous: bool = False
+    channel_policy: str = ""
+    api_key: str = ""
+    allowed_origins: str = ""
+    rate_limit: float = 100.0
+    rate_burst: int = 1000
+    max_connections: int = 0
+    max_connections_per_user: int = 0
+    max_channel_name_length: int = 255
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -187,6 +279,14 @@ class Settings:
                 f"--heartbeat-timeout ({self.heartbeat_timeout:g}) must be greater than "
                 f"--heartbeat-interval ({self.heartbeat_interval:g})"
             )
+        if self.events_subject and self.backend == "memory":
+            raise SettingsError(
+                "--events-subject needs --backend nats or redis: the bridge listens on "
+                "the cluster's broker"
+            )
+        problem = sec.jwt_problem(self)
+        if problem:
+            raise SettingsError(problem)
 
     def effective(self) -> dict[str, Any]:
         """All settings with secrets in URLs masked, for display."""
@@ -194,7 +294,10 @@ class Settings:
         secret = {o.name for o in OPTIONS if o.secret}
         for f in fields(self):
             value = getattr(self, f.name)
-            shown[f.name] = mask_url(value) if f.name in secret else value
+            if f.name in secret and "://" not in str(value):
+                shown[f.name] = "***" if value else ""  # a bare secret (key, token)
+            else:
+                shown[f.name] = mask_url(value) if f.name in secret else value
         return shown
 
 

@@ -31,8 +31,11 @@ from .close_codes import CloseCode, close_reason
 from .connection import Connection, ConnectionMetadata, DirectSocket
 from .errors import RtforgeError
 from .fastws import DIRECT_EXTENSION
-from .messages import WebSocketMessage
+from .limits import TokenBucket, rate_limited_reply
+from .manager import WebSocketManager
+from .messages import WebSocketMessage, json_encode
 from .node import Node, node_of
+from .security import Refusal
 
 __all__ = ["WebSocketFrontApp", "serve_websocket", "websocket_routes"]
 
@@ -109,6 +112,7 @@ async def serve_websocket(
     manager = node.manager
     protocol = node.protocol
     max_size = node.settings.max_message_size
+    bucket = protocol.security.bucket()  # None without --rate-limit
     reason = "client"
     try:
         if channel is not None:
@@ -117,16 +121,23 @@ async def serve_websocket(
             event = await receive()
             if event["type"] != "websocket.receive":
                 reason = "client" if not conn.closed else "server"
+                if event.get("code") == CloseCode.MESSAGE_TOO_BIG and not conn.closed:
+                    _count_oversized(manager)  # refused by the server's protocol
                 break
             conn.last_seen = time.monotonic()
             if conn.closed:
                 continue  # closing: drain input until the client acknowledges
             if _too_big(event, max_size):
-                manager.metrics.oversized_frames.inc()
+                _count_oversized(manager)
                 conn.close(CloseCode.MESSAGE_TOO_BIG)
                 reason = "message_too_big"
                 break
             text = event.get("text")
+            if bucket is not None and not bucket.take():
+                if _throttle(conn, bucket, text, manager):
+                    reason = "rate_limited"
+                    break
+                continue
             if text is not None:
                 await protocol.handle_text(conn, text)
             else:
@@ -152,20 +163,49 @@ async def _open(
     if node.manager.draining:
         await send({"type": "websocket.close", "code": int(CloseCode.SERVICE_RESTART)})
         return None
-    await send({"type": "websocket.accept"})
-    if channel is not None:
-        try:
-            validate_channel_name(channel)
-        except RtforgeError as exc:
-            await _refuse(send, exc)
-            return None
-    client = scope.get("client")
-    metadata = ConnectionMetadata(
-        remote_addr=f"{client[0]}:{client[1]}" if client else None,
-        user_agent=_header(scope, b"user-agent"),
-    )
-    welcome = f"Connected to channel: {channel}" if channel else "WebSocket connected"
-    return await node.manager.register(send, metadata, welcome, _direct(scope))
+    security = node.protocol.security
+    try:
+        identity = await security.admit(scope)  # origin, capacity, token, per-user limit
+    except Refusal as refusal:
+        await _reject(scope, send, refusal)
+        return None
+    try:
+        await send({"type": "websocket.accept"})
+        if channel is not None:
+            try:
+                validate_channel_name(channel)
+            except RtforgeError as exc:
+                await _refuse(send, exc)
+                return None
+        client = scope.get("client")
+        metadata = ConnectionMetadata(
+            remote_addr=f"{client[0]}:{client[1]}" if client else None,
+            user_agent=_header(scope, b"user-agent"),
+            custom=identity.custom(),
+        )
+        welcome = f"Connected to channel: {channel}" if channel else "WebSocket connected"
+        conn = await node.manager.register(send, metadata, welcome, _direct(scope))
+    finally:
+        security.release(identity)
+    security.registered(conn, identity)
+    return conn
+
+
+def _count_oversized(manager: WebSocketManager) -> None:
+    manager.metrics.oversized_frames.inc()
+    manager.metrics.limit_hits.labels("frame_size").inc()
+
+
+def _throttle(conn: Connection, bucket: TokenBucket, text: str | None,
+              manager: WebSocketManager) -> bool:
+    """A frame over the rate limit: reply ``rate_limited``, or, after
+    ``--rate-burst`` refusals in a row, close with 1008. True when closed."""
+    manager.metrics.limit_hits.labels("rate").inc()
+    if bucket.refused >= bucket.burst:  # sustained abuse
+        conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        return True
+    conn.push(rate_limited_reply(text).frame())
+    return False
 
 
 def _too_big(event: Any, max_size: int) -> bool:
@@ -174,6 +214,26 @@ def _too_big(event: Any, max_size: int) -> bool:
         return len(event.get("bytes") or b"") > max_size
     # A str of at most max_size // 4 characters cannot exceed max_size in UTF-8.
     return len(text) > max_size // 4 and len(text.encode()) > max_size
+
+
+async def _reject(scope: Any, send: AnySend, refusal: Refusal) -> None:
+    """Refuse a handshake: an HTTP response before the upgrade when the
+    server supports it (ASGI ``websocket.http.response``), else accept, one
+    ``system`` frame with the error and a close with the fallback code."""
+    body = json_encode({"error": refusal.error, "detail": refusal.detail})
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        headers = [(b"content-type", b"application/json"), *refusal.headers]
+        await send({"type": "websocket.http.response.start", "status": refusal.status,
+                    "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.accept"})
+    frame = WebSocketMessage.system(refusal.detail).with_metadata(
+        {"ok": False, "error": refusal.error}
+    )
+    await send({"type": "websocket.send", "text": frame.to_json_string()})
+    reason = refusal.error.replace("_", " ")
+    await send({"type": "websocket.close", "code": refusal.close_code, "reason": reason})
 
 
 async def _refuse(send: AnySend, exc: RtforgeError) -> None:
