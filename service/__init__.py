@@ -38,6 +38,7 @@ from .manager import (
 from .messages import MessageType, WebSocketMessage
 from .node import get_websocket_manager
 from .settings import Settings
+from .telemetry import TelemetryConfig
 from .ws_routes import websocket_routes
 
 __version__ = "0.1.0"
@@ -62,6 +63,7 @@ __all__ = [
     "RtforgeError",
     "Settings",
     "SettingsError",
+    "TelemetryConfig",
     "UnknownCommand",
     "WebSocketManager",
     "WebSocketMessage",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -18,6 +20,7 @@ import httpx
 
 from .errors import SettingsError
 from .settings import OPTIONS, Settings
+from .telemetry import TelemetryConfig
 
 __all__ = ["main"]
 
@@ -89,16 +92,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         _stats(settings, args.url, as_json=args.json, timeout=args.timeout)
 
 
+def _telemetry() -> TelemetryConfig:
+    """Tracing settings from the standard ``OTEL_*`` variables (read here, once)."""
+    try:
+        return TelemetryConfig.from_env()
+    except SettingsError as exc:
+        print(f"rtforge: error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415 - keep info/stats fast
 
     from .app import create_app  # noqa: PLC0415
+    from .drain import DrainingServer  # noqa: PLC0415
     from .fastws import RtforgeWebSocketProtocol  # noqa: PLC0415
     from .logs import configure_logging  # noqa: PLC0415
     from .ws_routes import WebSocketFrontApp  # noqa: PLC0415
 
-    configure_logging(settings.log_level, settings.log_format)
-    app = WebSocketFrontApp(create_app(settings))
+    telemetry = _telemetry()
+    configure_logging(settings.log_level, settings.log_format, node_id=settings.node_id)
+    from .auth import RedactTokenFilter  # noqa: PLC0415
+
+    # uvicorn logs every WebSocket path with its query string: hide ?token=
+    logging.getLogger("uvicorn.error").addFilter(RedactTokenFilter())
+    app = WebSocketFrontApp(create_app(settings, telemetry=telemetry))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -110,9 +128,10 @@ def _serve(settings: Settings) -> None:
         lifespan="on",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
     )
-    server = uvicorn.Server(config)
+    manager = app.node.manager
+    server = DrainingServer(config, manager.start_drain, settings.drain_delay)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:
@@ -136,6 +155,7 @@ def _info(settings: Settings, *, as_json: bool) -> None:
         "version": VERSION,
         "endpoints": _endpoints(settings),
         "settings": settings.effective(),
+        "telemetry": _telemetry().effective(),
         "warnings": _warnings(settings),
     }
     if as_json:
@@ -148,17 +168,47 @@ def _info(settings: Settings, *, as_json: bool) -> None:
     print("\nEffective settings:")
     for name, value in info["settings"].items():
         print(f"  {name:<18} {value}")
+    print("\nTelemetry (OTEL_* variables):")
+    for name, value in info["telemetry"].items():
+        print(f"  {name:<18} {value}")
     for warning in info["warnings"]:
         print(f"\nWARNING: {warning}")
 
 
 def _warnings(settings: Settings) -> list[str]:
+    from .security import is_loopback  # noqa: PLC0415 - keep --help fast
+
     warnings = []
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+    loopback = is_loopback(settings.host)
+    if not (settings.jwt_secret or settings.jwt_public_key):
         warnings.append(
-            "the node listens beyond loopback with no authentication: "
-            "anyone who reaches it can connect, subscribe and use the HTTP API"
+            "AUTHENTICATION IS OFF: no --jwt-secret or --jwt-public-key is set, so this node "
+            "runs OPEN: any client can connect, subscribe to any non-private channel "
+            "(notifications:user-123 included), publish and ask for presence"
+            + ("" if loopback else f", and it listens beyond loopback on {settings.host}")
         )
+    elif settings.allow_anonymous:
+        warnings.append(
+            "--allow-anonymous: clients without a token are admitted (public channels only)"
+        )
+    if not settings.allowed_origins:
+        warnings.append(
+            "every Origin is accepted: any web page a user opens can connect to this node "
+            "in their name (set --allowed-origins to the origins of your pages)"
+        )
+    if not settings.api_key:
+        if loopback:
+            warnings.append(
+                "the HTTP API has no --api-key: any local process may publish and read "
+                "connection metadata (it would be refused with 403 on a non-loopback bind)"
+            )
+        else:
+            warnings.append(
+                f"the HTTP API is DISABLED (403 api_key_required): the node listens on "
+                f"{settings.host} and no --api-key is set"
+            )
+    if settings.rate_limit <= 0:
+        warnings.append("--rate-limit 0: clients may send frames as fast as they like")
     return warnings
 
 
@@ -167,7 +217,8 @@ def _stats(settings: Settings, url: str | None, *, as_json: bool, timeout: float
     if not base.startswith(("http://", "https://")):
         _fail(f"--url must start with http:// or https:// (got {base!r})")
     try:
-        response = httpx.get(f"{base}/api/stats", timeout=timeout)
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        response = httpx.get(f"{base}/api/stats", timeout=timeout, headers=headers)
     except httpx.HTTPError as exc:
         _fail(f"cannot reach {base}: {exc.__class__.__name__}: {exc}")
     if response.status_code != 200:

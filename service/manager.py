@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends import Backplane, BackplaneUnavailable, Envelope, MemoryBackplane, Route
 
@@ -27,6 +27,9 @@ from .frames import OutFrame
 from .messages import WebSocketMessage
 from .metrics import Metrics
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 __all__ = [
     "BroadcastOptions",
@@ -93,6 +96,8 @@ class WebSocketManager:
         backplane: Backplane | None = None,
         metrics: Metrics | None = None,
         message_handler: MessageHandler | None = None,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         self.node_id = self.settings.node_id
@@ -105,6 +110,16 @@ class WebSocketManager:
         self.metrics.connections.set_function(lambda: len(self.local.connections))
         self.metrics.subscriptions.set_function(
             lambda: sum(len(members) for members in self.local.channels.values())
+        )
+        self.metrics.channels.set_function(lambda: len(self.local.channels))
+        sent = self.metrics.frames_sent
+        self._sent_delivery = sent.labels("delivery")
+        self._sent_ping = sent.labels("ping")
+        self._sent_system = sent.labels("system")
+        #: spans of this node; None while tracing is off (the hot path checks once)
+        self.tracing = tracing
+        self.metrics.set_node_info(
+            node_id=self.node_id, backend=self.backplane.name, tracing=tracing is not None
         )
         self.message_handler: MessageHandler = message_handler or default_message_handler
         self.local = LocalIndex()
@@ -126,6 +141,11 @@ class WebSocketManager:
             self._heartbeat_loop(), name="rtforge-heartbeat"
         )
         self._started = True
+        log.info(
+            "node started id=%s backend=%s tracing=%s", self.node_id, self.backplane.name,
+            "on" if self.tracing is not None else "off",
+            extra={"event": "node_started", "backend": self.backplane.name},
+        )
 
     async def stop(self, code: CloseCode = CloseCode.GOING_AWAY, timeout: float = 5.0) -> None:
         """Close every socket with ``code`` (flushing queued frames), then
@@ -149,6 +169,11 @@ class WebSocketManager:
             await self.backplane.stop()
             self._started = False
 
+    def start_drain(self) -> None:
+        """Turn unready and refuse new sockets; existing ones are closed by
+        the server's shutdown (see :mod:`service.drain`)."""
+        self.draining = True
+
     @property
     def ready(self) -> bool:
         return self._started and self.backplane.ready and not self.draining
@@ -167,6 +192,17 @@ class WebSocketManager:
         """Register a freshly accepted socket and send the welcome frame
         (the first frame every client sees). ``direct`` is the socket's
         direct-write extension, when the server offers one."""
+        tracing = self.tracing
+        if tracing is None:
+            return await self._register(send, metadata, welcome, direct)
+        with tracing.connection_open(metadata) as span:
+            conn = await self._register(send, metadata, welcome, direct)
+            tracing.connection_opened(span, conn)
+            return conn
+
+    async def _register(
+        self, send: SendFn, metadata: ConnectionMetadata, welcome: str, direct: DirectSocket | None
+    ) -> Connection:
         conn = Connection(
             ConnectionId.new(), metadata, send, self.settings.send_queue_size,
             self._on_overflow, direct=direct, cork=self._corker,
@@ -177,15 +213,28 @@ class WebSocketManager:
             .with_metadata({"connection_id": conn.id, "node_id": self.node_id})
             .frame()
         )
+        self._sent_system.inc()
         self.metrics.connections_opened.inc()
         await self.backplane.add_connection(conn.id, metadata.to_dict())
-        log.info("connection opened id=%s remote=%s", conn.id, metadata.remote_addr)
+        log.info(
+            "connection opened id=%s remote=%s", conn.id, metadata.remote_addr,
+            extra={"event": "connection_opened", "connection_id": conn.id,
+                   "remote_addr": metadata.remote_addr},
+        )
         return conn
 
     async def unregister(self, conn: Connection, reason: str = "client") -> None:
         """Forget ``conn`` everywhere. Idempotent."""
         if self.local.connections.pop(conn.id, None) is None:
             return
+        tracing = self.tracing
+        if tracing is None:
+            await self._forget(conn, reason)
+            return
+        with tracing.connection_close(conn, reason):
+            await self._forget(conn, reason)
+
+    async def _forget(self, conn: Connection, reason: str) -> None:
         if reason == "client":
             conn.abort()  # the socket is gone: nothing left to flush
         for channel in list(conn.channels):
@@ -200,11 +249,18 @@ class WebSocketManager:
             await self.backplane.remove_connection(conn.id)
         except Exception:
             log.exception("backplane failed to remove connection %s", conn.id)
-        log.info("connection closed id=%s reason=%s", conn.id, reason)
+        log.info(
+            "connection closed id=%s reason=%s", conn.id, reason,
+            extra={"event": "connection_closed", "connection_id": conn.id, "reason": reason,
+                   "close_code": int(conn.close_code) if conn.close_code is not None else None},
+        )
 
     def _on_overflow(self, conn: Connection) -> None:
         self.metrics.slow_consumer_drops.inc()
-        log.warning("slow consumer closed id=%s", conn.id)
+        log.warning(
+            "slow consumer closed id=%s", conn.id,
+            extra={"event": "slow_consumer", "connection_id": conn.id},
+        )
         # Not now: fan-out may be iterating over the sets unregister edits.
         asyncio.get_running_loop().call_soon(self._schedule_unregister, conn, "slow_consumer")
 
@@ -305,6 +361,7 @@ class WebSocketManager:
             if not conn.push(message.frame()):
                 raise ConnectionNotFound(f"connection {connection_id} is closing")
             self.metrics.deliveries.inc()
+            self._sent_delivery.inc()
             return
         envelope = Envelope(
             Route.DIRECT, message.encode(), connection_id=connection_id, origin=self.node_id
@@ -313,6 +370,12 @@ class WebSocketManager:
             raise ConnectionNotFound(f"no connection {connection_id}")
 
     async def _publish(self, envelope: Envelope) -> int:
+        tracing = self.tracing
+        if tracing is not None:
+            return await tracing.publish(envelope, self._publish_untraced)
+        return await self._publish_untraced(envelope)
+
+    async def _publish_untraced(self, envelope: Envelope) -> int:
         started = time.perf_counter()
         try:
             recipients = await self.backplane.publish(envelope)
@@ -330,13 +393,23 @@ class WebSocketManager:
         for conn in self.local.connections.values():
             if conn.push(frame):
                 count += 1
+        self._sent_ping.inc(count)
         return count
 
     # -- backplane listener ------------------------------------------------
     def deliver(self, envelope: Envelope) -> None:
         """Hand ``envelope`` to the local sockets it is meant for."""
+        tracing = self.tracing
+        if tracing is not None:
+            tracing.deliver(envelope, self._fan_out)  # one span per envelope, not per socket
+            return
+        self._fan_out(envelope)
+
+    def _fan_out(self, envelope: Envelope) -> tuple[int, int]:
+        """Queue the frame for each local recipient; returns (frames queued,
+        frames dropped because a connection was closing or overflowed)."""
         route = envelope.route
-        targets: Iterable[Connection] | None
+        targets: Collection[Connection] | None
         if route is Route.CHANNEL:
             targets = self.local.channels.get(envelope.channel)  # type: ignore[arg-type]
         elif route is Route.BROADCAST:
@@ -346,18 +419,25 @@ class WebSocketManager:
             targets = (conn,) if conn is not None else None
         self.metrics.envelopes_received.labels(route.name.lower()).inc()
         if not targets:
-            return
+            return 0, 0
         frame = OutFrame(envelope.frame)
         only_to, exclude = envelope.only_to, envelope.exclude
         delivered = 0
         if only_to is None and not exclude:
             for conn in targets:
                 delivered += conn.push(frame)
+            matched = len(targets)
         else:
+            matched = 0
             for conn in targets:
                 if (only_to is None or conn.id in only_to) and not (exclude and conn.id in exclude):
+                    matched += 1
                     delivered += conn.push(frame)
         self.metrics.deliveries.inc(delivered)
+        self._sent_delivery.inc(delivered)
+        if matched != delivered:
+            self.metrics.frames_dropped.inc(matched - delivered)
+        return delivered, matched - delivered
 
     def channel_deleted(self, channel: str) -> None:
         members = self.local.drop_channel(channel)
@@ -371,10 +451,14 @@ class WebSocketManager:
         )
         for conn in members:
             conn.push(frame)
+        self._sent_system.inc(len(members))
 
     def readiness_changed(self, ready: bool) -> None:
         self.metrics.backplane_up.set(1 if ready else 0)
-        log.warning("backplane %s", "connected" if ready else "unreachable")
+        log.warning(
+            "backplane %s", "connected" if ready else "unreachable",
+            extra={"event": "backplane_up" if ready else "backplane_down"},
+        )
 
     # -- heartbeat ---------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
