@@ -51,6 +51,7 @@ class DirectSocket(Protocol):
     """What :class:`service.fastws.RtforgeWebSocketProtocol` offers."""
 
     transport: asyncio.Transport
+    on_shutdown: Callable[[], None]
     on_pause: Callable[[], None]
     on_resume: Callable[[], None]
     on_lost: Callable[[], None]
@@ -168,6 +169,7 @@ class Connection:
         if direct is not None:
             self._backlog = None
             self._write: Callable[[bytes], object] = direct.transport.write
+            direct.on_shutdown = self._drain
             direct.on_pause = self._pause
             direct.on_resume = self._resume
             direct.on_lost = self.abort
@@ -235,6 +237,9 @@ class Connection:
         self._backlog = None
         if backlog and not self._closed:
             self._write(b"".join(backlog))
+
+    def _drain(self) -> None:
+        self.close(CloseCode.SERVICE_RESTART)
 
     # -- lifecycle -------------------------------------------------------------
     @property

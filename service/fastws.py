@@ -100,6 +100,7 @@ class _WritableFlag:
 class RtforgeWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol, plus direct writes of prepared frames."""
 
+    on_shutdown: Callable[[], None] = staticmethod(_ignore)
     on_pause: Callable[[], None] = staticmethod(_ignore)
     on_resume: Callable[[], None] = staticmethod(_ignore)
     on_lost: Callable[[], None] = staticmethod(_ignore)
@@ -121,6 +122,24 @@ class RtforgeWebSocketProtocol(WebSocketsSansIOProtocol):
             # The handshake is done: its request and response are garbage now.
             self.request = None  # type: ignore[assignment]
             self.response = None  # type: ignore[assignment]
+        elif message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A denial response (HTTP 401/403/429/503 before the upgrade) ends
+            # the handshake too; uvicorn's protocol would otherwise log "ASGI
+            # callable returned without completing handshake" at error level.
+            self.handshake_complete = True
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        conn = self.conn
+        if conn.handshake_exc is not None and not self.handshake_initiated:
+            # websockets refused the request before it became one (a request
+            # line or header over 8 KiB, such as a huge ?token=, or no HTTP at
+            # all) and queued its answer (414, 431 or EOF); uvicorn's protocol
+            # never sends it and leaves the socket hanging. Send and close.
+            self.handshake_initiated = self.handshake_complete = self.close_sent = True
+            if not self.transport.is_closing():
+                self.transport.write(b"".join(conn.data_to_send()))
+                self.transport.close()
 
     # -- the DirectSocket interface --------------------------------------------
     @property
@@ -156,6 +175,12 @@ class RtforgeWebSocketProtocol(WebSocketsSansIOProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         self.on_resume()
+
+    def shutdown(self) -> None:
+        # Let the connection flush what it accepted and close with 1012
+        # itself; uvicorn then only closes the transport behind it.
+        self.on_shutdown()
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
