@@ -55,9 +55,9 @@ from .base import (
     Envelope,
     Route,
     count_recipients,
-    subject_of,
 )
 from .envelope import EnvelopeError, decode_envelope, encode_envelope
+from .state import NodeState
 from .transport import Transport
 
 __all__ = ["ClusterBackplane", "NodeState"]
@@ -69,108 +69,6 @@ _SNAPSHOT_PART_BYTES = 256 * 1024
 #: how long a deleted channel's tombstone is kept to win against late upserts
 _TOMBSTONE_SECONDS = 300.0
 _RECONNECT_MIN, _RECONNECT_MAX = 0.25, 5.0
-
-
-class NodeState:
-    """One node's connections and memberships, as owned or as replicated."""
-
-    __slots__ = ("channels_of", "connections", "members", "subjects")
-
-    def __init__(self) -> None:
-        self.connections: dict[str, dict[str, Any]] = {}
-        self.channels_of: dict[str, set[str]] = {}
-        self.members: dict[str, set[str]] = {}
-        #: connections per authenticated subject (``custom.sub`` of the info)
-        self.subjects: dict[str, int] = {}
-
-    def add_connection(self, connection_id: str, info: dict[str, Any]) -> None:
-        self._count_subject(self.connections.get(connection_id), -1)
-        self.connections[connection_id] = info
-        self._count_subject(info, 1)
-
-    def _count_subject(self, info: dict[str, Any] | None, delta: int) -> None:
-        subject = subject_of(info) if info is not None else None
-        if subject is not None:
-            count = self.subjects.get(subject, 0) + delta
-            if count > 0:
-                self.subjects[subject] = count
-            else:
-                self.subjects.pop(subject, None)
-
-    def remove_connection(self, connection_id: str) -> list[str]:
-        """Remove and return the channels that lost their last member here."""
-        self._count_subject(self.connections.pop(connection_id, None), -1)
-        emptied = []
-        for channel in self.channels_of.pop(connection_id, ()):
-            members = self.members.get(channel)
-            if members is not None:
-                members.discard(connection_id)
-                if not members:
-                    del self.members[channel]
-                    emptied.append(channel)
-        return emptied
-
-    def subscribe(self, channel: str, connection_id: str) -> bool:
-        members = self.members.setdefault(channel, set())
-        if connection_id in members:
-            return False
-        members.add(connection_id)
-        self.channels_of.setdefault(connection_id, set()).add(channel)
-        return True
-
-    def unsubscribe(self, channel: str, connection_id: str) -> bool:
-        members = self.members.get(channel)
-        if members is None or connection_id not in members:
-            return False
-        members.discard(connection_id)
-        if not members:
-            del self.members[channel]
-        channels = self.channels_of.get(connection_id)
-        if channels is not None:
-            channels.discard(channel)
-            if not channels:
-                del self.channels_of[connection_id]
-        return True
-
-    def drop_channel(self, channel: str) -> set[str]:
-        members = self.members.pop(channel, set())
-        for connection_id in members:
-            channels = self.channels_of.get(connection_id)
-            if channels is not None:
-                channels.discard(channel)
-                if not channels:
-                    del self.channels_of[connection_id]
-        return members
-
-    def apply(self, op: list[Any]) -> None:
-        kind, connection_id = op[0], op[1]
-        if kind == "+c":
-            self.add_connection(connection_id, dict(op[2]) if isinstance(op[2], dict) else {})
-        elif kind == "-c":
-            self.remove_connection(connection_id)
-        elif kind == "+s":
-            self.subscribe(op[2], connection_id)
-        elif kind == "-s":
-            self.unsubscribe(op[2], connection_id)
-
-    def snapshot_rows(self) -> Iterator[list[Any]]:
-        """``[connection id, info, [channels]]`` for every connection, and
-        for memberships of ids that are not connections of this node."""
-        for connection_id, info in self.connections.items():
-            yield [connection_id, info, sorted(self.channels_of.get(connection_id, ()))]
-        for connection_id, channels in self.channels_of.items():
-            if connection_id not in self.connections:
-                yield [connection_id, None, sorted(channels)]
-
-    @classmethod
-    def from_rows(cls, rows: list[list[Any]]) -> NodeState:
-        state = cls()
-        for connection_id, info, channels in rows:
-            if info is not None:
-                state.add_connection(connection_id, dict(info))
-            for channel in channels:
-                state.subscribe(channel, connection_id)
-        return state
 
 
 def _replicable(value: Any) -> Any:

@@ -4,9 +4,8 @@
   notices) and a live dashboard of the cluster (connections and deliveries
   per second over time), plain HTML/JS/CSS from ``service/static/``.
 * ``GET /demo/<file>`` — the page's scripts and style sheet.
-* ``GET /clients/rtforge.js`` — the JavaScript client (``clients/js/rtforge.js``;
-  the copy in ``service/static/`` is kept identical by a test), served also
-  with ``--demo off``.
+* ``GET /clients/rtforge.js`` — the JavaScript client (``service/static/rtforge.js``,
+  linked from ``clients/js/rtforge.js``), served also with ``--demo off``.
 
 While anyone in the cluster watches the dashboard (subscribes to
 ``dashboard:metrics``), every node sends one :class:`DashboardMetrics` sample

@@ -15,13 +15,11 @@ CANONICAL_JS_CLIENT = REPO_ROOT / "clients" / "js" / "rtforge.js"
 
 
 def test_served_js_client_is_the_canonical_one() -> None:
-    """``clients/js/rtforge.js`` is the source; ``service/static/rtforge.js``
-    is the copy the node serves (and the wheel ships). After editing the
-    source: ``cp clients/js/rtforge.js service/static/``."""
-    assert (STATIC_DIR / "rtforge.js").read_bytes() == CANONICAL_JS_CLIENT.read_bytes(), (
-        "service/static/rtforge.js differs from clients/js/rtforge.js: "
-        "run cp clients/js/rtforge.js service/static/"
-    )
+    """``clients/js/rtforge.js`` is a link to ``service/static/rtforge.js``,
+    the one file the node serves and the wheel ships: there is no copy to
+    keep in step."""
+    assert CANONICAL_JS_CLIENT.is_symlink()
+    assert CANONICAL_JS_CLIENT.resolve() == (STATIC_DIR / "rtforge.js").resolve()
 
 
 def test_static_files_are_packaged() -> None:
