@@ -25,7 +25,7 @@ import pytest
 from support.client import WsClient, WsConnect
 from support.nodes import NodeFactory, NodePool, NodeProcess
 
-pytest_plugins = ["support.broker_fixtures", "support.cluster"]
+pytest_plugins = ["support.broker_fixtures", "support.cluster", "support.browser"]
 
 
 @pytest.fixture

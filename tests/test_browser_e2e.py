@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,41 +25,10 @@ from support.nodes import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-CHROMIUM = Path(os.environ.get("RTFORGE_TEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 DOC_IMAGES = REPO_ROOT / "docs" / "img"
 TIMEOUT_MS = 15_000
 VIEWPORT = {"width": 1200, "height": 720}
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium; its absence fails the test (never a skip)."""
-    assert CHROMIUM.exists(), (
-        f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; "
-        ".ci/run does it) or point RTFORGE_TEST_CHROMIUM at a Chromium binary"
-    )
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Any]:
-    try:
-        from playwright.async_api import async_playwright  # noqa: PLC0415
-    except ImportError as exc:  # pragma: no cover - the test extra installs it
-        pytest.fail(f"the playwright package is missing (pip install -e '.[test]'): {exc}")
-    async with async_playwright() as playwright:
-        instance = await playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield instance
-        finally:
-            await instance.close()
 
 
 def demo_url(home: Any, nodes: list[Any], **query: str) -> str:
