@@ -295,3 +295,26 @@ async def test_context_manager(nodes: list[NodeProcess]) -> None:
         assert client.state == "open"
         assert await client.ping() >= 0
     assert client.state == "closed"
+
+
+async def test_a_token_is_sent_on_every_connect_and_lands_in_the_metadata(
+    start_node: NodeFactory, clients: Any
+) -> None:
+    from support.tokens import SECRET, hs256  # noqa: PLC0415
+
+    node = start_node(jwt_secret=SECRET)
+    issued: list[str] = []
+
+    def fresh_token() -> str:
+        issued.append(hs256(sub=f"user-{len(issued)}"))
+        return issued[-1]
+
+    refused = clients(node.ws_url, reconnect=False, connect_timeout=2)
+    with pytest.raises(Exception):  # noqa: B017 - any refusal: 401 before the upgrade
+        await refused.connect()
+    client = clients(node.ws_url, token=fresh_token)
+    info = await client.connect()
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.get(f"{node.http_url}/api/connections/{info.connection_id}")
+    assert response.json()["custom"]["sub"] == "user-0"
+    assert len(issued) == 1

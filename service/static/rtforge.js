@@ -45,6 +45,7 @@ export const DEFAULT_OPTIONS = Object.freeze({
   jitter: 0.5, // the last `jitter` fraction of each delay is random
   idleTimeout: 0, // ms without any frame after which the connection counts as dead (0: off)
   protocols: undefined,
+  token: undefined, // JWT, or a function returning one (called at every connect): sent as ?token=
   WebSocket: undefined, // constructor; default globalThis.WebSocket
   random: Math.random,
 });
@@ -161,6 +162,14 @@ export class RtforgeClient {
     this._emit('close', { code, reason, url: this.url, willReconnect: false });
   }
 
+  /** `url` with the token as `?token=` (browsers cannot set headers on a WebSocket). */
+  _withToken(url) {
+    const option = this.options.token;
+    const token = typeof option === 'function' ? option() : option;
+    if (!token) return url;
+    return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`;
+  }
+
   _open() {
     this.state = this.connects === 0 && this.attempt === 0 ? 'connecting' : 'reconnecting';
     const url = this.urls[this._urlIndex % this.urls.length];
@@ -168,7 +177,8 @@ export class RtforgeClient {
     this._welcomed = false;
     let ws;
     try {
-      ws = this.options.protocols ? new this.WebSocket(url, this.options.protocols) : new this.WebSocket(url);
+      const target = this._withToken(url);
+      ws = this.options.protocols ? new this.WebSocket(target, this.options.protocols) : new this.WebSocket(target);
     } catch (err) {
       this._emit('error', err);
       this._lost(ws, { code: 1006, reason: String(err) });

@@ -124,6 +124,7 @@ class RtforgeClient:
         idle_timeout: float = 0.0,
         rng: Callable[[], float] = random.random,
         connect_options: dict[str, Any] | None = None,
+        token: str | Callable[[], str] | None = None,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else [u for u in urls if u]
         if not self.urls:
@@ -141,6 +142,9 @@ class RtforgeClient:
             "proxy": None, "compression": None, "ping_interval": None, "close_timeout": 2,
             "max_size": 16 * 1024 * 1024, **(connect_options or {}),
         }
+        #: JWT sent as ``Authorization: Bearer`` on every connect (a callable is
+        #: called each time, so a refreshed token is used after a reconnect)
+        self.token = token
         self.state = "idle"  # idle | connecting | open | reconnecting | closed
         self.connection_id: str | None = None
         self.url: str | None = None
@@ -280,10 +284,19 @@ class RtforgeClient:
             self._emit("reconnecting", RetryInfo(self.attempt, delay, self.urls[self._url_index]))
             await asyncio.sleep(delay)
 
+    def _auth_headers(self) -> dict[str, Any]:
+        token = self.token() if callable(self.token) else self.token
+        if not token:
+            return {}
+        headers = dict(self._connect_options.get("additional_headers") or {})
+        headers["Authorization"] = f"Bearer {token}"
+        return {"additional_headers": headers}
+
     async def _session(self, url: str) -> tuple[int, str]:
         """One connection's life; returns its close code and reason."""
         try:
-            ws = await connect(url, open_timeout=self.connect_timeout, **self._connect_options)
+            options = {**self._connect_options, **self._auth_headers()}
+            ws = await connect(url, open_timeout=self.connect_timeout, **options)
         except _CONNECT_ERRORS as exc:
             return ABNORMAL, f"connect failed: {exc!r}"
         self._ws = ws
