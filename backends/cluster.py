@@ -132,6 +132,8 @@ class ClusterBackplane(Backplane):
         self._snapshot_handle: asyncio.TimerHandle | None = None
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        #: short-lived tasks (unsubscribes after a delete), referenced until done
+        self._background: set[asyncio.Task[None]] = set()
         self._sync_requested: dict[str, float] = {}
         self._started = False
         self._stopping = False
@@ -195,7 +197,7 @@ class ClusterBackplane(Backplane):
             self._control({"k": "bye"})
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox_drained(), 2.0)
-        for task in self._tasks:
+        for task in [*self._tasks, *self._background]:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -441,9 +443,9 @@ class ClusterBackplane(Backplane):
         for connection_id in members:
             self._queue_op(["-s", connection_id, channel])
         if members:
-            asyncio.get_running_loop().create_task(
-                self.transport.unsubscribe(self.transport.channel_subject(channel))
-            )
+            task = asyncio.get_running_loop().create_task(self._drop_interest(channel))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         if self._listener is not None:
             self._listener.channel_deleted(channel)
 
@@ -582,6 +584,8 @@ class ClusterBackplane(Backplane):
         return removed
 
     async def _drop_interest(self, channel: str) -> None:
+        if channel in self.own.members:
+            return  # a local connection subscribed again meanwhile: keep listening
         with contextlib.suppress(BackplaneUnavailable):
             await self.transport.unsubscribe(self.transport.channel_subject(channel))
 

@@ -12,7 +12,11 @@ from typing import Any
 
 from .base import subject_of
 
-__all__ = ["NodeState"]
+__all__ = ["ROW_CHANNELS", "NodeState"]
+
+#: channels per snapshot row: 100 names of 255 characters (up to 4 bytes each)
+#: stay near 100 KiB, far below any broker's message limit
+ROW_CHANNELS = 100
 
 
 class NodeState:
@@ -99,12 +103,19 @@ class NodeState:
 
     def snapshot_rows(self) -> Iterator[list[Any]]:
         """``[connection id, info, [channels]]`` for every connection, and
-        for memberships of ids that are not connections of this node."""
+        for memberships of ids that are not connections of this node. A
+        connection with many channels spreads over several rows (the info in
+        the first only), so that no row outgrows a broker message."""
         for connection_id, info in self.connections.items():
-            yield [connection_id, info, sorted(self.channels_of.get(connection_id, ()))]
-        for connection_id, channels in self.channels_of.items():
+            channels = sorted(self.channels_of.get(connection_id, ()))
+            yield [connection_id, info, channels[:ROW_CHANNELS]]
+            for start in range(ROW_CHANNELS, len(channels), ROW_CHANNELS):
+                yield [connection_id, None, channels[start:start + ROW_CHANNELS]]
+        for connection_id, channel_set in self.channels_of.items():
             if connection_id not in self.connections:
-                yield [connection_id, None, sorted(channels)]
+                channels = sorted(channel_set)
+                for start in range(0, len(channels), ROW_CHANNELS):
+                    yield [connection_id, None, channels[start:start + ROW_CHANNELS]]
 
     @classmethod
     def from_rows(cls, rows: list[list[Any]]) -> NodeState:

@@ -148,6 +148,26 @@ def test_node_state_survives_a_snapshot_and_replaying_its_deltas(
     assert shape(restored) == shape(owner)
 
 
+def test_a_connection_with_many_channels_spreads_over_bounded_rows() -> None:
+    """One row per ROW_CHANNELS channels, info only in the first, so that no
+    row can outgrow a broker message; the rows still restore the state."""
+    from backends.state import ROW_CHANNELS  # noqa: PLC0415
+
+    owner = NodeState()
+    owner.add_connection("busy", {"remote_addr": "x"})
+    names = [f"{'ü' * 250}-{i}" for i in range(2 * ROW_CHANNELS + 7)]  # ~1.5 MB of names
+    for name in names:
+        owner.subscribe(name, "busy")
+    owner.subscribe("other", "not-a-connection")
+    rows = list(owner.snapshot_rows())
+    busy = [row for row in rows if row[0] == "busy"]
+    assert [len(row[2]) for row in busy] == [ROW_CHANNELS, ROW_CHANNELS, 7]
+    assert busy[0][1] == {"remote_addr": "x"} and busy[1][1] is None and busy[2][1] is None
+    assert max(len(msgpack.packb(row)) for row in rows) < 256 * 1024
+    restored = NodeState.from_rows(msgpack.unpackb(msgpack.packb(rows), raw=False))
+    assert shape(restored) == shape(owner)
+
+
 def test_node_state_reports_channels_that_lost_their_last_member() -> None:
     state = NodeState()
     state.add_connection("c1", {})
@@ -491,6 +511,23 @@ async def test_channel_records_last_writer_wins_and_deletes_unsubscribe_everyone
              "r": ChannelRecord("r", "zombie").to_dict(), "v": [1.0, "a"]}
     b.backplane._on_message(b.transport.subject("ctl"), msgpack.packb(stale))
     assert await b.backplane.get_channel("r") is None
+
+
+async def test_a_subscribe_right_after_a_delete_keeps_the_node_listening(
+    make_node: Any,
+) -> None:
+    """The unsubscribe a delete schedules must not undo a subscribe that
+    lands before it runs."""
+    a = await make_node("a")
+    await a.backplane.add_connection("c1", {})
+    await a.backplane.subscribe("r", "c1")
+    subject = a.transport.channel_subject("r")
+    assert await a.backplane.delete_channel("r") is True
+    await a.backplane.subscribe("r", "c1")  # same loop iteration as the delete
+    for _ in range(5):
+        await asyncio.sleep(0)  # let the scheduled unsubscribe run
+    assert subject in a.transport.subjects
+    assert await a.backplane.subscriber_count("r") == 1
 
 
 async def test_publishing_while_the_broker_is_down_fails_and_delivers_nothing(
